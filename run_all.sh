@@ -34,7 +34,8 @@ resolve() {  # ch03_divide, ch03, 03 or 3 -> ch03_divide
   for ch in $(chapters); do
     [[ $ch == "$want" || $ch == "${want}_"* ]] && { echo "$ch"; return; }
   done
-  die "no chapter '$1'; the chapters are: $(chapters | tr '\n' ' ')"
+  local all; all=$(chapters)
+  die "no chapter '$1'; the chapters are: ${all//$'\n'/ }"
 }
 
 previous() {  # the chapter before $1, if any
@@ -115,7 +116,7 @@ stop_all() {  # newest first: web, Flower, worker, then the Redis this script st
     echo "run_all.sh: stopping $name"
     if [[ $name == worker ]]; then
       # watchfiles would give the worker only 5 s on its way out; stop the worker first, warm, then watchfiles.
-      for child in $(pgrep -P "$pid" || true); do stop "$child" "$WORKER_STOP_SECONDS"; done
+      for child in $(pgrep -P "$pid" -f "celery worker" || true); do stop "$child" "$WORKER_STOP_SECONDS"; done
     fi
     stop "$pid" 10
   done
@@ -198,7 +199,7 @@ print(url.hostname or "127.0.0.1", url.port or 6379)' "$REDIS_URL")
   cd "$ROOT/$ch"
   if [[ $ch != ch01_* ]]; then
     start worker watchfiles --filter python --sigint-timeout "$WORKER_STOP_SECONDS" \
-      'celery -A main.celery worker --loglevel=info -E'
+      "celery -A main.celery worker --loglevel=info -E"
     start flower celery -A main.celery flower --address=127.0.0.1 --port="$flower_port"
     checks+=(worker=celery "flower=http://127.0.0.1:$flower_port/")
   fi

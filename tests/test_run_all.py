@@ -1,0 +1,168 @@
+"""run_all.sh, in the order of the top README: usage, a chapter's whole stack, shell, diff, errors, the embedded Redis."""
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from conftest import ROOT, Process, free_port, run_all, wait_for
+
+
+def test_usage_lists_every_chapter_with_its_title():
+    result = run_all()
+    assert result.returncode == 0
+    for readme in sorted(ROOT.glob("ch[0-9][0-9]_*/README.md")):
+        title = readme.read_text().splitlines()[0].removeprefix("# ")
+        assert f"  {readme.parent.name:<15} {title}\n" in result.stdout
+
+
+def session_processes(sid):
+    """The live processes of a session (zombies are dead already: they only wait to be reaped)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found.append(stat.parent.name)
+    return found
+
+
+class Stack:
+    """./run_all.sh CHAPTER in a session of its own, as a terminal would start it."""
+
+    def __init__(self, chapter, **env):
+        self.ports = {"WEB_PORT": free_port(), "FLOWER_PORT": free_port()}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "FLOWER_"))} | env
+        env |= {name: str(port) for name, port in self.ports.items()}
+        self.web = f"http://127.0.0.1:{self.ports['WEB_PORT']}"
+        self.flower = f"http://127.0.0.1:{self.ports['FLOWER_PORT']}"
+        self.process = Process([str(ROOT / "run_all.sh"), chapter], cwd=ROOT, env=env, start_new_session=True)
+
+    def ctrl_c(self, timeout=90):
+        """What Ctrl+C does: SIGINT to the terminal's foreground process group, which is the script's."""
+        os.killpg(self.process.proc.pid, signal.SIGINT)
+        self.process.proc.wait(timeout)
+        wait_for(lambda: not session_processes(self.process.proc.pid), 10, "every process of run_all.sh to exit")
+        return self.process.proc.returncode
+
+
+@pytest.fixture
+def stack():
+    stacks = []
+
+    def start(chapter, **env):
+        stacks.append(Stack(chapter, **env))
+        return stacks[-1]
+
+    yield start
+    for s in stacks:
+        if s.process.proc.poll() is None:
+            s.ctrl_c()
+
+
+def test_chapter_1_runs_with_no_server_anywhere(stack):
+    ch01 = stack("1")
+    ch01.process.wait_for_output("ch01_hello is running", timeout=60)
+    assert httpx2.get(f"{ch01.web}/add?x=3&y=4").json() == {"3+4": 7}
+    assert ch01.ctrl_c() == 130
+    assert "redis" not in ch01.process.output
+
+
+def test_chapter_3_starts_its_own_redis_and_ctrl_c_stops_everything(stack):
+    redis_port = free_port()
+    ch03 = stack("ch03", REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
+    ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
+    assert f"Redis    redis://127.0.0.1:{redis_port}/0 (started by run_all.sh, stopped on exit)" in ch03.process.output
+    assert httpx2.get(ch03.flower).status_code == 200
+
+    task_id = httpx2.post(f"{ch03.web}/divide", json={"x": 1, "y": 4}).json()["task_id"]
+    ch03.process.wait_for_output(f"Task tasks.divide[{task_id}] received", timeout=10)
+    assert ch03.ctrl_c() == 130  # while the task runs: the worker finishes it before it stops
+    assert f"Task tasks.divide[{task_id}] succeeded" in ch03.process.output
+    for name in ("web", "flower", "worker", "redis"):
+        assert f"run_all.sh: stopping {name}\n" in ch03.process.output
+    for port in [redis_port, *ch03.ports.values()]:
+        with pytest.raises(httpx2.ConnectError):
+            httpx2.get(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def test_a_reload_lets_the_running_task_finish(stack, redis_url):
+    ch03 = stack("3", REDIS_URL=redis_url)
+    ch03.process.wait_for_output("(already running)", timeout=90)
+    task_id = httpx2.post(f"{ch03.web}/divide", json={"x": 3, "y": 4}).json()["task_id"]
+    ch03.process.wait_for_output(f"Task tasks.divide[{task_id}] received", timeout=10)
+
+    os.utime(ROOT / "ch03_divide" / "tasks.py")  # what saving the file does, without changing it
+    ch03.process.wait_for_output("1 change detected", timeout=10)
+    ch03.process.wait_for_output(f"Task tasks.divide[{task_id}] succeeded", timeout=20)
+    wait_for(lambda: ch03.process.output.count(" ready.") == 2, 30, "the restarted worker")
+    assert httpx2.get(f"{ch03.web}/tasks/{task_id}").json()["result"] == 0.75
+
+
+def test_shell_opens_python_inside_the_chapter(redis_url):
+    result = subprocess.run(
+        [ROOT / "run_all.sh", "shell", "3"], input="print(divide.name, app.title)\n", capture_output=True, text=True,
+        env=os.environ | {"REDIS_URL": redis_url}, timeout=60,
+    )
+    assert "in ch03_divide, after: from main import *" in result.stdout
+    assert "tasks.divide FastAPI" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["ch03_divide", "ch03", "3", "03"])
+def test_diff_takes_a_chapter_by_name_or_number(name):
+    assert run_all("diff", name).stdout == run_all("diff", "ch03_divide").stdout
+    assert run_all("diff", name).stdout.startswith("--- ch01_hello/main.py\n+++ ch03_divide/main.py\n")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["ch99"], "run_all.sh: no chapter 'ch99'; the chapters are: ch01_hello ch03_divide"),
+    (["diff", "1"], "run_all.sh: ch01_hello is the first chapter; there is nothing before it to compare with"),
+    (["diff"], "run_all.sh: usage: ./run_all.sh diff CHAPTER"),
+])
+def test_mistakes_get_a_clear_message(args, message):
+    result = run_all(*args)
+    assert (result.returncode, result.stderr.splitlines()[0]) == (1, message)
+
+
+def test_a_busy_port_is_named():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_all("ch03", env={"WEB_PORT": str(port)})
+    assert result.returncode == 1
+    assert f"run_all.sh: port {port} is in use; free it or choose another: WEB_PORT=8001 ./run_all.sh ch03_divide" in result.stderr
+
+
+@pytest.fixture
+def path_without_redis_server(tmp_path):
+    """PATH as it is, less redis-server: a machine where Redis was never installed."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for folder in os.environ["PATH"].split(os.pathsep):
+        for program in Path(folder).glob("*"):
+            if program.name != "redis-server" and not (bin_dir / program.name).exists():
+                (bin_dir / program.name).symlink_to(program)
+    return str(bin_dir)
+
+
+@pytest.mark.skipif((ROOT / ".venv/bin/redis-server").exists(), reason="the embedded Redis is installed already")
+def test_with_no_redis_to_be_had_it_says_how_to_get_one(path_without_redis_server):
+    offline = {"PATH": path_without_redis_server, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1"}
+    result = run_all("ch03", env={**offline, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    assert result.returncode == 1
+    assert "run_all.sh: no redis-server found, and no embedded one could be installed for this platform." in result.stderr
+    assert "sudo apt install redis-server" in result.stderr
+
+
+def test_with_no_redis_server_it_uses_an_embedded_one(stack, path_without_redis_server):
+    ch03 = stack("3", PATH=path_without_redis_server, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=120)
+    assert "(started by run_all.sh, stopped on exit)" in ch03.process.output
+    assert f"{ROOT}/.venv/bin/redis-server" in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert ch03.ctrl_c() == 130
