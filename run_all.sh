@@ -249,12 +249,14 @@ print('Python', __import__('sys').version.split()[0], 'in $ch, after: from main 
 print('Names:', ', '.join(name for name in sorted(globals()) if not name.startswith('_')))"
 }
 
+label() { if [[ -e $1 ]]; then echo "$1"; else echo /dev/null; fi; }  # a file new in (or gone from) a chapter
+
 show_diff() {
   local ch=$1 prev file
   prev=$(previous "$ch") || die "$ch is the first chapter; there is nothing before it to compare with"
   cd "$ROOT"
   for file in $( (cd "$prev" && ls -- *.py; cd "$ROOT/$ch" && ls -- *.py) | sort -u); do
-    diff -uN --label "$prev/$file" --label "$ch/$file" "$prev/$file" "$ch/$file" || true
+    diff -uN --label "$(label "$prev/$file")" --label "$(label "$ch/$file")" "$prev/$file" "$ch/$file" || true
   done
 }
 

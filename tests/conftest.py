@@ -21,6 +21,7 @@ from celery import _state
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 CELERY_FINALIZERS = set(_state._on_app_finalizers)  # Celery's built-in tasks, before any chapter adds its own
+CHAPTER_MODULES = {path.stem for path in ROOT.glob("ch[0-9][0-9]_*/*.py")}  # main, tasks, ...
 
 
 def free_port():
@@ -141,13 +142,16 @@ def chapter_env(redis_url):
 def import_chapter(folder, env):
     """Import a chapter's main module as `python` inside the folder would, and forget it afterwards.
 
-    Chapters share module names (main, tasks) and Celery keeps global state (the current app, the tasks
+    Chapters share module names (main, tasks, ...) and Celery keeps global state (the current app, the tasks
     every new app takes on), so all of it is saved before the import and put back after it.
     """
-    modules = {name: sys.modules.pop(name, None) for name in ("main", "tasks")}
-    finalizers = set(_state._on_app_finalizers)
-    _state._on_app_finalizers.intersection_update(CELERY_FINALIZERS)
+    modules = {name: sys.modules.pop(name, None) for name in CHAPTER_MODULES}
+    finalizers, apps = set(_state._on_app_finalizers), set(_state._apps)
     current_app, default_app = getattr(_state._tls, "current_app", None), _state.default_app
+    _state._on_app_finalizers.intersection_update(CELERY_FINALIZERS)
+    _state._apps.clear()
+    _state._set_current_app(None)
+    _state.default_app = None
     saved_env = os.environ.copy()
     os.environ.clear()
     os.environ.update(env)
@@ -162,6 +166,8 @@ def import_chapter(folder, env):
                 sys.modules[name] = module
         _state._on_app_finalizers.clear()
         _state._on_app_finalizers.update(finalizers)
+        _state._apps.clear()
+        _state._apps.update(apps)
         _state._set_current_app(current_app)
         _state.default_app = default_app
         os.environ.clear()
@@ -209,11 +215,11 @@ def flower(start, worker):
     return url
 
 
-def run_all(*args, env=None, timeout=120):
-    """./run_all.sh with arguments, to completion."""
+def run_all(*args, env=None, input="", timeout=120):
+    """./run_all.sh with arguments, to completion; `input` is what is typed into it."""
     return subprocess.run(
         [str(ROOT / "run_all.sh"), *args], cwd=ROOT, env={**os.environ, **(env or {})},
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+        input=input, capture_output=True, text=True, timeout=timeout,
     )
 
 
@@ -223,3 +229,50 @@ def readme_has_current_diff(chapter):
     assert diff.returncode == 0, diff.stderr
     readme = (chapter / "README.md").read_text()
     return f"```diff\n{diff.stdout}```" in readme
+
+
+def session_processes(sid):
+    """The live processes of a session (zombies are dead already: they only wait to be reaped)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found.append(stat.parent.name)
+    return found
+
+
+class Stack:
+    """./run_all.sh CHAPTER in a session of its own, as a terminal would start it."""
+
+    def __init__(self, chapter, **env):
+        self.ports = {"WEB_PORT": free_port(), "FLOWER_PORT": free_port()}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "FLOWER_"))} | env
+        env |= {name: str(port) for name, port in self.ports.items()}
+        self.web = f"http://127.0.0.1:{self.ports['WEB_PORT']}"
+        self.flower = f"http://127.0.0.1:{self.ports['FLOWER_PORT']}"
+        self.process = Process([str(ROOT / "run_all.sh"), chapter], cwd=ROOT, env=env, start_new_session=True)
+
+    def ctrl_c(self, timeout=90):
+        """What Ctrl+C does: SIGINT to the terminal's foreground process group, which is the script's."""
+        os.killpg(self.process.proc.pid, signal.SIGINT)
+        self.process.proc.wait(timeout)
+        wait_for(lambda: not session_processes(self.process.proc.pid), 10, "every process of run_all.sh to exit")
+        return self.process.proc.returncode
+
+
+@pytest.fixture
+def stack():
+    """stack(chapter, **env): ./run_all.sh chapter, stopped with Ctrl+C at the end if it still runs."""
+    stacks = []
+
+    def start(chapter, **env):
+        stacks.append(Stack(chapter, **env))
+        return stacks[-1]
+
+    yield start
+    for running in stacks:
+        if running.process.proc.poll() is None:
+            running.ctrl_c()
