@@ -123,7 +123,7 @@ stop_all() {  # newest first: web, Flower, worker, then the Redis this script st
 }
 
 wait_ready() {  # wait_ready SECONDS NAME=CHECK...: until every check answers; fails early if a process exits
-  local pids=""
+  local pids="" i
   for ((i = 0; i < ${#PIDS[@]}; i++)); do pids+="${NAMES[i]}=${PIDS[i]} "; done
   "$PY" - "$pids" "$@" <<'EOF'
 import os, subprocess, sys, time, urllib.request

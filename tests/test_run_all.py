@@ -1,5 +1,6 @@
 """run_all.sh, in the order of the top README: usage, a chapter's whole stack, shell, diff, errors, the embedded Redis."""
 import os
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from conftest import ROOT, free_port, run_all, wait_for
+from conftest import ROOT, free_port, run_all, session_processes, wait_for
 
 
 def test_usage_lists_every_chapter_with_its_title():
@@ -55,6 +56,17 @@ def test_a_reload_lets_the_running_task_finish(stack, redis_url):
     ch03.process.wait_for_output(f"Task tasks.divide[{task_id}] succeeded", timeout=20)
     wait_for(lambda: ch03.process.output.count(" ready.") == 2, 30, "the restarted worker")
     assert httpx2.get(f"{ch03.web}/tasks/{task_id}").json()["result"] == 0.75
+
+
+def test_when_one_process_dies_the_others_are_stopped(stack, redis_url):
+    ch03 = stack("3", REDIS_URL=redis_url)
+    ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
+    flower = subprocess.run(["pgrep", "-f", f"flower --address=127.0.0.1 --port={ch03.ports['FLOWER_PORT']}"],
+                            capture_output=True, text=True).stdout.split()
+    os.kill(int(flower[0]), signal.SIGKILL)
+    assert ch03.process.proc.wait(60) == 1
+    assert "run_all.sh: a process exited on its own; stopping the others" in ch03.process.output
+    wait_for(lambda: not session_processes(ch03.process.proc.pid), 10, "every process of run_all.sh to exit")
 
 
 def test_shell_opens_python_inside_the_chapter(redis_url):
