@@ -206,19 +206,14 @@ print(url.hostname or "127.0.0.1", url.port or 6379)' "$REDIS_URL")
   start web uvicorn main:app --reload --host 127.0.0.1 --port "$web_port"
   wait_ready 90 "${checks[@]}" || { stop_all; exit 1; }
 
-  cat <<EOF
-
-  $ch is running. Press Ctrl+C to stop everything.
-    web      http://127.0.0.1:$web_port/   (API docs: http://127.0.0.1:$web_port/docs)
-EOF
-  if [[ $ch != ch01_* ]]; then
-    cat <<EOF
+  local banner="
+  $ch is running:
+    web      http://127.0.0.1:$web_port/   (API docs: http://127.0.0.1:$web_port/docs)"
+  [[ $ch == ch01_* ]] || banner+="
     Flower   http://127.0.0.1:$flower_port/
     Redis    $REDIS_URL $redis_note
-    shell    ./run_all.sh shell $ch   (in a second terminal)
-EOF
-  fi
-  echo
+    shell    ./run_all.sh shell $ch   (in a second terminal)"
+  printf '%s\n  Press Ctrl+C to stop everything.\n\n' "$banner"
 
   wait -n || true  # returns when a process exits, or when Ctrl+C arrives (then the trap stops everything)
   echo "run_all.sh: a process exited on its own; stopping the others" >&2

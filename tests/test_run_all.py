@@ -21,7 +21,7 @@ def test_usage_lists_every_chapter_with_its_title():
 
 def test_chapter_1_runs_with_no_server_anywhere(stack):
     ch01 = stack("1")
-    ch01.process.wait_for_output("ch01_hello is running", timeout=60)
+    ch01.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=60)
     assert httpx2.get(f"{ch01.web}/add?x=3&y=4").json() == {"3+4": 7}
     assert ch01.ctrl_c() == 130
     assert "redis" not in ch01.process.output
