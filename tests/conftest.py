@@ -223,6 +223,14 @@ def run_all(*args, env=None, input="", timeout=120):
     )
 
 
+def status_when_done(client, task_id, timeout=15):
+    """GET /tasks/{task_id} until the task has left PENDING; its JSON."""
+    def done():
+        body = client.get(f"/tasks/{task_id}").json()
+        return body["state"] != "PENDING" and body
+    return wait_for(done, timeout, f"task {task_id}")
+
+
 def readme_has_current_diff(chapter):
     """The chapter README shows exactly what `./run_all.sh diff` prints for it."""
     diff = run_all("diff", chapter.name)
@@ -258,6 +266,10 @@ class Stack:
     def ctrl_c(self, timeout=90):
         """What Ctrl+C does: SIGINT to the terminal's foreground process group, which is the script's."""
         os.killpg(self.process.proc.pid, signal.SIGINT)
+        return self.wait_exit(timeout)
+
+    def wait_exit(self, timeout):
+        """The script's exit code, once it and every process it started have exited."""
         self.process.proc.wait(timeout)
         wait_for(lambda: not session_processes(self.process.proc.pid), 10, "every process of run_all.sh to exit")
         return self.process.proc.returncode

@@ -4,7 +4,7 @@ import pytest
 from celery.result import AsyncResult
 from fastapi.testclient import TestClient
 
-from conftest import free_port, import_chapter, readme_has_current_diff, wait_for
+from conftest import free_port, import_chapter, readme_has_current_diff, status_when_done, wait_for
 
 CHAPTER = "ch03_divide"
 
@@ -71,10 +71,6 @@ def client(main):
 
 def test_root_says_hello(client):
     assert client.get("/").json() == {"message": "Hello World"}
-
-
-def status_when_done(client, task_id):
-    return wait_for(lambda: (body := client.get(f"/tasks/{task_id}").json())["state"] != "PENDING" and body, 15, task_id)
 
 
 def test_divide_over_http(client, worker):

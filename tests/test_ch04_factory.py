@@ -3,7 +3,7 @@ import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import import_chapter, readme_has_current_diff, run_all, wait_for
+from conftest import import_chapter, readme_has_current_diff, run_all, status_when_done, wait_for
 
 CHAPTER = "ch04_factory"
 
@@ -94,12 +94,8 @@ def test_development_sends_tasks_to_the_worker(client, worker):
     ok = client.post("/divide", json={"x": 1, "y": 2}).json()["task_id"]
     failing = client.post("/divide", json={"x": 1, "y": 0}).json()["task_id"]
     assert client.get(f"/tasks/{ok}").json()["state"] == "PENDING"
-
-    def done(task_id):
-        return wait_for(lambda: (body := client.get(f"/tasks/{task_id}").json())["state"] != "PENDING" and body, 15, task_id)
-
-    assert done(ok) == {"task_id": ok, "state": "SUCCESS", "result": 0.5, "error": None}
-    assert done(failing) == {
+    assert status_when_done(client, ok) == {"task_id": ok, "state": "SUCCESS", "result": 0.5, "error": None}
+    assert status_when_done(client, failing) == {
         "task_id": failing, "state": "FAILURE", "result": None, "error": "ZeroDivisionError: float division by zero",
     }
     assert f"Task tasks.divide[{ok}] succeeded" in worker.output

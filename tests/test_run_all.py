@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from conftest import ROOT, free_port, run_all, session_processes, wait_for
+from conftest import ROOT, free_port, run_all, wait_for
 
 
 def test_usage_lists_every_chapter_with_its_title():
@@ -64,9 +64,8 @@ def test_when_one_process_dies_the_others_are_stopped(stack, redis_url):
     flower = subprocess.run(["pgrep", "-f", f"flower --address=127.0.0.1 --port={ch03.ports['FLOWER_PORT']}"],
                             capture_output=True, text=True).stdout.split()
     os.kill(int(flower[0]), signal.SIGKILL)
-    assert ch03.process.proc.wait(60) == 1
+    assert ch03.wait_exit(60) == 1
     assert "run_all.sh: a process exited on its own; stopping the others" in ch03.process.output
-    wait_for(lambda: not session_processes(ch03.process.proc.pid), 10, "every process of run_all.sh to exit")
 
 
 def test_shell_opens_python_inside_the_chapter(redis_url):
