@@ -35,6 +35,7 @@ resolve() {  # ch03_divide, ch03, 03 or 3 -> ch03_divide
     [[ $ch == "$want" || $ch == "${want}_"* ]] && { echo "$ch"; return; }
   done
   local all; all=$(chapters)
+  [[ $want == ch02 ]] && die "there is no ch02: the guide's chapter 2 only sets up Python, a virtual environment and Redis; the chapters are: ${all//$'\n'/ }"
   die "no chapter '$1'; the chapters are: ${all//$'\n'/ }"
 }
 
@@ -88,11 +89,14 @@ then run this command again."
 
 # --- processes ---------------------------------------------------------------------------------
 
-NAMES=() PIDS=()
+NAMES=() PIDS=() FORCE=0
 
-start() {  # start NAME COMMAND...: in the background, in a process group of its own, each line prefixed by NAME
+# A session of its own: the terminal's Ctrl+C reaches this script only, which then stops everything in order.
+SETSID='import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])'
+
+start() {  # start NAME COMMAND...: in the background, in a session of its own, each line prefixed by NAME
   local name=$1; shift
-  "$@" </dev/null > >(trap '' INT TERM; exec awk -v p="$(printf '%-6s | ' "$name")" '{ print p $0; fflush() }') 2>&1 &
+  "$PY" -c "$SETSID" "$@" </dev/null > >(trap '' INT TERM; exec awk -v p="$(printf '%-6s | ' "$name")" '{ print p $0; fflush() }') 2>&1 &
   NAMES+=("$name") PIDS+=($!)
 }
 
@@ -102,13 +106,17 @@ stop() {  # stop PID SECONDS: SIGTERM to the process alone (it stops its own chi
   local pid=$1 tenths=$(($2 * 10))
   running "$pid" || return 0
   kill -TERM "$pid" 2>/dev/null || true
-  while running "$pid" && ((tenths-- > 0)); do sleep 0.1; done
+  while running "$pid" && ((tenths-- > 0)); do
+    ((FORCE && tenths > 10)) && tenths=10  # a second Ctrl+C: one more second, then SIGKILL
+    sleep 0.1 || true
+  done
   kill -KILL -- "-$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
 
 stop_all() {  # newest first: web, Flower, worker, then the Redis this script started
-  trap '' INT TERM
+  trap 'FORCE=1; echo " run_all.sh: stopping at once" >&2' INT
+  trap '' TERM
   local i name pid child
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
     name=${NAMES[i]} pid=${PIDS[i]}
@@ -116,7 +124,10 @@ stop_all() {  # newest first: web, Flower, worker, then the Redis this script st
     echo "run_all.sh: stopping $name"
     if [[ $name == worker ]]; then
       # watchfiles would give the worker only 5 s on its way out; stop the worker first, warm, then watchfiles.
-      for child in $(pgrep -P "$pid" -f "celery worker" || true); do stop "$child" "$WORKER_STOP_SECONDS"; done
+      for child in $(pgrep -P "$pid" -f "celery worker" || true); do
+        ((FORCE)) || echo "run_all.sh: waiting up to $WORKER_STOP_SECONDS s for the worker's running tasks to finish (Ctrl+C again to stop at once)"
+        stop "$child" "$WORKER_STOP_SECONDS"
+      done
     fi
     stop "$pid" 10
   done
@@ -140,21 +151,33 @@ def answers(check):
         return redis.Redis.from_url(check, socket_timeout=1).ping()
     return urllib.request.urlopen(check, timeout=2).status == 200
 
-while checks:
-    for name, check in list(checks.items()):
-        try:
-            if answers(check):
-                del checks[name]
-        except Exception:
-            pass
-    for name, pid in pids.items():
-        state = subprocess.run(["ps", "-o", "stat=", "-p", pid], capture_output=True, text=True).stdout
-        if not state or state.startswith("Z"):
-            sys.exit(f"run_all.sh: {name} exited during start-up; its output is above")
-    if checks and time.monotonic() > deadline:
-        sys.exit(f"run_all.sh: no answer from {', '.join(checks)} after {sys.argv[2]} s; the output is above")
-    time.sleep(0.2)
+def check_all():
+    while checks:
+        for name, check in list(checks.items()):
+            try:
+                if answers(check):
+                    del checks[name]
+            except Exception:
+                pass
+        for name, pid in pids.items():
+            state = subprocess.run(["ps", "-o", "stat=", "-p", pid], capture_output=True, text=True).stdout
+            if not state or state.startswith("Z"):
+                sys.exit(f"run_all.sh: {name} exited during start-up; its output is above")
+        if checks and time.monotonic() > deadline:
+            sys.exit(f"run_all.sh: no answer from {', '.join(checks)} after {sys.argv[2]} s; the output is above")
+        time.sleep(0.2)
+
+try:
+    check_all()
+except KeyboardInterrupt:  # Ctrl+C during start-up: the script's trap stops what has started
+    sys.exit(130)
 EOF
+}
+
+carried() {  # carried NAME...: "NAME=value " for each variable set in the environment, to repeat in a hint
+  local name
+  for name; do [[ -n ${!name:-} ]] && printf '%s=%q ' "$name" "${!name}"; done
+  return 0
 }
 
 port_free() { "$PY" -c '
@@ -169,14 +192,15 @@ run_chapter() {
   local ch=$1 web_port=${WEB_PORT:-8000} flower_port=${FLOWER_PORT:-5555} redis_note="" host port server
   ensure_venv requirements.txt
   export PATH=$VENV/bin:$PATH PYTHONUNBUFFERED=1
-  set -m  # every background process gets a process group of its own, so Ctrl+C reaches only this script
-  trap 'stop_all; exit 130' INT
+  trap 'echo; stop_all; exit 130' INT
   trap 'stop_all; exit 143' TERM
+  local again shell_hint; again=$(carried REDIS_URL FLOWER_PORT) shell_hint=$(carried REDIS_URL)
 
-  port_free "$web_port" || die "port $web_port is in use; free it or choose another: WEB_PORT=8001 ./run_all.sh $ch"
+  port_free "$web_port" || die "port $web_port is in use; free it or choose another: ${again}WEB_PORT=$((web_port + 1)) ./run_all.sh $ch"
   local checks=("web=http://127.0.0.1:$web_port/")
   if [[ $ch != ch01_* ]]; then  # chapter 1 needs no server: its worker lives inside the web process
-    port_free "$flower_port" || die "port $flower_port is in use; free it or choose another: FLOWER_PORT=5556 ./run_all.sh $ch"
+    again=$(carried REDIS_URL WEB_PORT)
+    port_free "$flower_port" || die "port $flower_port is in use; free it or choose another: ${again}FLOWER_PORT=$((flower_port + 1)) ./run_all.sh $ch"
     export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
     export CELERY_BROKER_URL=$REDIS_URL CELERY_RESULT_BACKEND=$REDIS_URL
     export FLOWER_UNAUTHENTICATED_API=true  # Flower listens on 127.0.0.1 only
@@ -190,33 +214,39 @@ print(url.hostname or "127.0.0.1", url.port or 6379)' "$REDIS_URL")
       [[ $host == 127.* || $host == localhost || $host == ::1 ]] ||
         die "nothing answers at $REDIS_URL; start that Redis, or unset REDIS_URL to have one started here"
       server=$(redis_server_binary) || die "$NO_REDIS"
-      start redis "$server" --port "$port" --bind 127.0.0.1 --save "" --appendonly no
-      redis_note="(started by run_all.sh, stopped on exit)"
+      mkdir -p "$ROOT/.redis/$port"  # its data (append-only file) outlives a restart: no queued task is lost
+      start redis "$server" --port "$port" --bind 127.0.0.1 --save "" --appendonly yes --dir "$ROOT/.redis/$port"
+      redis_note="(started by run_all.sh, stopped on exit; its data is kept in .redis/$port)"
       wait_ready 15 redis="$REDIS_URL" || { stop_all; exit 1; }
     fi
   fi
 
   cd "$ROOT/$ch"
-  if [[ $ch != ch01_* ]]; then
-    start worker watchfiles --filter python --sigint-timeout "$WORKER_STOP_SECONDS" \
-      "celery -A main.celery worker --loglevel=info -E"
-    start flower celery -A main.celery flower --address=127.0.0.1 --port="$flower_port"
-    checks+=(worker=celery "flower=http://127.0.0.1:$flower_port/")
-  fi
   start web uvicorn main:app --reload --host 127.0.0.1 --port "$web_port"
+  if [[ $ch != ch01_* ]]; then
+    # named after the web port: a second stack on the same Redis gets a worker of another name
+    start worker watchfiles --filter python --sigint-timeout "$WORKER_STOP_SECONDS" \
+      "celery -A main.celery worker --loglevel=info -E -n web$web_port@%h"
+    wait_ready 90 worker=celery || { stop_all; exit 1; }
+    start flower celery -A main.celery flower --address=127.0.0.1 --port="$flower_port"  # once the worker answers it
+    checks+=("flower=http://127.0.0.1:$flower_port/")
+  fi
   wait_ready 90 "${checks[@]}" || { stop_all; exit 1; }
 
   local banner="
   $ch is running:
-    web      http://127.0.0.1:$web_port/   (API docs: http://127.0.0.1:$web_port/docs)"
+    web      http://127.0.0.1:$web_port/   (API docs: /docs, needs internet; /openapi.json works offline)"
   [[ $ch == ch01_* ]] || banner+="
     Flower   http://127.0.0.1:$flower_port/
     Redis    $REDIS_URL $redis_note
-    shell    ./run_all.sh shell $ch   (in a second terminal)"
+    shell    $shell_hint./run_all.sh shell $ch   (in a second terminal)"
   printf '%s\n  Press Ctrl+C to stop everything.\n\n' "$banner"
 
-  wait -n || true  # returns when a process exits, or when Ctrl+C arrives (then the trap stops everything)
-  echo "run_all.sh: a process exited on its own; stopping the others" >&2
+  local status=0 i
+  wait -n || status=$?  # returns when a process exits, or when Ctrl+C arrives (then the trap stops everything)
+  for ((i = 0; i < ${#PIDS[@]}; i++)); do
+    running "${PIDS[i]}" || { echo "run_all.sh: ${NAMES[i]} exited (status $status); stopping the others" >&2; break; }
+  done
   stop_all
   exit 1
 }
@@ -236,7 +266,8 @@ run_shell() {
     export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
     export CELERY_BROKER_URL=${CELERY_BROKER_URL:-$REDIS_URL} CELERY_RESULT_BACKEND=${CELERY_RESULT_BACKEND:-$REDIS_URL}
     redis_answers "$CELERY_BROKER_URL" ||
-      echo "Note: no Redis answers at $CELERY_BROKER_URL; tasks will wait. Start one with ./run_all.sh $ch in another terminal."
+      echo "Note: no Redis answers at $CELERY_BROKER_URL: divide.delay() would wait about 20 s, then raise RuntimeError: Retry limit exceeded.
+Start one first: $(carried REDIS_URL)./run_all.sh $ch in another terminal."
   fi
   cd "$ROOT/$ch"
   exec "$PY" -i -c "from main import *

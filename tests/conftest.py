@@ -2,6 +2,7 @@
 
 A test module names its chapter folder in CHAPTER; the fixtures below work on that chapter.
 """
+import fcntl
 import importlib
 import os
 import shutil
@@ -9,8 +10,11 @@ import signal
 import socket
 import subprocess
 import sys
+import termios
 import threading
 import time
+import urllib.parse
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -239,39 +243,60 @@ def readme_has_current_diff(chapter):
     return f"```diff\n{diff.stdout}```" in readme
 
 
-def session_processes(sid):
-    """The live processes of a session (zombies are dead already: they only wait to be reaped)."""
+def tagged_processes(tag):
+    """The live processes whose environment holds RUN_ALL_TAG=tag: whatever a run_all.sh started, in any session."""
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if f"RUN_ALL_TAG={tag}".encode() in (proc / "environ").read_bytes().split(b"\0") and \
+                    (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":  # a zombie has exited
+                found.append(proc.name)
         except OSError:
             continue
-        if int(fields[3]) == sid and fields[0] != "Z":
-            found.append(stat.parent.name)
     return found
 
 
 class Stack:
-    """./run_all.sh CHAPTER in a session of its own, as a terminal would start it."""
+    """./run_all.sh CHAPTER on a pseudo-terminal of its own, its controlling terminal, as a reader's terminal runs it."""
 
     def __init__(self, chapter, **env):
         self.ports = {"WEB_PORT": free_port(), "FLOWER_PORT": free_port()}
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "FLOWER_"))} | env
         env |= {name: str(port) for name, port in self.ports.items()}
+        self.tag = env["RUN_ALL_TAG"] = str(uuid.uuid4())
+        self.env = env
         self.web = f"http://127.0.0.1:{self.ports['WEB_PORT']}"
         self.flower = f"http://127.0.0.1:{self.ports['FLOWER_PORT']}"
-        self.process = Process([str(ROOT / "run_all.sh"), chapter], cwd=ROOT, env=env, start_new_session=True)
+        self.terminal, tty = os.openpty()
+        proc = subprocess.Popen(
+            [str(ROOT / "run_all.sh"), chapter], cwd=ROOT, env=env, stdin=tty, stdout=tty, stderr=tty,
+            start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+        )
+        os.close(tty)
+        self.process = Process.__new__(Process)  # the same interface, fed from the terminal
+        self.process.args, self.process.proc, self.process.lines = proc.args, proc, []
+        self.process._reader = threading.Thread(target=self._read, daemon=True)
+        self.process._reader.start()
+
+    def _read(self):
+        while True:
+            try:
+                data = os.read(self.terminal, 4096)
+            except OSError:  # EIO: every process holding the terminal has exited
+                break
+            if not data:
+                break
+            self.process.lines.append(data.decode(errors="replace").replace("\r\n", "\n"))
 
     def ctrl_c(self, timeout=90):
-        """What Ctrl+C does: SIGINT to the terminal's foreground process group, which is the script's."""
-        os.killpg(self.process.proc.pid, signal.SIGINT)
-        return self.wait_exit(timeout)
+        """Type Ctrl+C: the terminal sends SIGINT to its foreground process group, whichever that is."""
+        os.write(self.terminal, b"\x03")
+        return self.wait_exit(timeout) if timeout else None
 
     def wait_exit(self, timeout):
         """The script's exit code, once it and every process it started have exited."""
         self.process.proc.wait(timeout)
-        wait_for(lambda: not session_processes(self.process.proc.pid), 10, "every process of run_all.sh to exit")
+        wait_for(lambda: not tagged_processes(self.tag), 10, "every process of run_all.sh to exit")
         return self.process.proc.returncode
 
 
@@ -288,3 +313,6 @@ def stack():
     for running in stacks:
         if running.process.proc.poll() is None:
             running.ctrl_c()
+        port = urllib.parse.urlsplit(running.env.get("REDIS_URL", "")).port
+        if port:
+            shutil.rmtree(ROOT / ".redis" / str(port), ignore_errors=True)  # the data of a Redis the script started

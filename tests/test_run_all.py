@@ -7,8 +7,9 @@ from pathlib import Path
 
 import httpx2
 import pytest
+import redis
 
-from conftest import ROOT, free_port, run_all, wait_for
+from conftest import ROOT, Process, find_redis_server, free_port, run_all, wait_for
 
 
 def test_usage_lists_every_chapter_with_its_title():
@@ -31,7 +32,8 @@ def test_chapter_3_starts_its_own_redis_and_ctrl_c_stops_everything(stack):
     redis_port = free_port()
     ch03 = stack("ch03", REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
     ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
-    assert f"Redis    redis://127.0.0.1:{redis_port}/0 (started by run_all.sh, stopped on exit)" in ch03.process.output
+    assert (f"Redis    redis://127.0.0.1:{redis_port}/0 (started by run_all.sh, stopped on exit; its data is kept in"
+            f" .redis/{redis_port})") in ch03.process.output
     assert httpx2.get(ch03.flower).status_code == 200
 
     task_id = httpx2.post(f"{ch03.web}/divide", json={"x": 1, "y": 4}).json()["task_id"]
@@ -40,9 +42,14 @@ def test_chapter_3_starts_its_own_redis_and_ctrl_c_stops_everything(stack):
     assert f"Task tasks.divide[{task_id}] succeeded" in ch03.process.output
     for name in ("web", "flower", "worker", "redis"):
         assert f"run_all.sh: stopping {name}\n" in ch03.process.output
-    for port in [redis_port, *ch03.ports.values()]:
-        with pytest.raises(httpx2.ConnectError):
-            httpx2.get(f"http://127.0.0.1:{port}/", timeout=2)
+    assert ports_closed(redis_port, *ch03.ports.values())
+
+    data = ROOT / ".redis" / str(redis_port)  # the result outlives that Redis: the next one reads it back
+    server = Process([find_redis_server(), "--port", str(redis_port), "--appendonly", "yes", "--dir", str(data)], ROOT, os.environ)
+    try:
+        wait_for(lambda: redis.Redis(port=redis_port).exists(f"celery-task-meta-{task_id}"), 10, "the stored result")
+    finally:
+        server.stop()
 
 
 def test_a_reload_lets_the_running_task_finish(stack, redis_url):
@@ -65,7 +72,7 @@ def test_when_one_process_dies_the_others_are_stopped(stack, redis_url):
                             capture_output=True, text=True).stdout.split()
     os.kill(int(flower[0]), signal.SIGKILL)
     assert ch03.wait_exit(60) == 1
-    assert "run_all.sh: a process exited on its own; stopping the others" in ch03.process.output
+    assert "run_all.sh: flower exited (status 137); stopping the others" in ch03.process.output
 
 
 def test_shell_opens_python_inside_the_chapter(redis_url):
@@ -82,6 +89,8 @@ def test_diff_takes_a_chapter_by_name_or_number(name):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["ch99"], "run_all.sh: no chapter 'ch99'; the chapters are: " + " ".join(sorted(p.name for p in ROOT.glob("ch[0-9][0-9]_*")))),
+    (["2"], "run_all.sh: there is no ch02: the guide's chapter 2 only sets up Python, a virtual environment and Redis;"
+            " the chapters are: " + " ".join(sorted(p.name for p in ROOT.glob("ch[0-9][0-9]_*")))),
     (["diff", "1"], "run_all.sh: ch01_hello is the first chapter; there is nothing before it to compare with"),
     (["diff"], "run_all.sh: usage: ./run_all.sh diff CHAPTER"),
 ])
@@ -95,9 +104,10 @@ def test_a_busy_port_is_named():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run_all("ch03", env={"WEB_PORT": str(port)})
+        result = run_all("ch03", env={"WEB_PORT": str(port), "FLOWER_PORT": "5600"})
     assert result.returncode == 1
-    assert f"run_all.sh: port {port} is in use; free it or choose another: WEB_PORT=8001 ./run_all.sh ch03_divide" in result.stderr
+    assert (f"run_all.sh: port {port} is in use; free it or choose another: FLOWER_PORT=5600 WEB_PORT={port + 1}"
+            " ./run_all.sh ch03_divide") in result.stderr  # the hint keeps what the reader set
 
 
 @pytest.fixture
@@ -124,6 +134,37 @@ def test_with_no_redis_to_be_had_it_says_how_to_get_one(path_without_redis_serve
 def test_with_no_redis_server_it_uses_an_embedded_one(stack, path_without_redis_server):
     ch03 = stack("3", PATH=path_without_redis_server, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=120)
-    assert "(started by run_all.sh, stopped on exit)" in ch03.process.output
+    assert "(started by run_all.sh, stopped on exit; its data is kept in .redis/" in ch03.process.output
     assert f"{ROOT}/.venv/bin/redis-server" in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert ch03.ctrl_c() == 130
+
+
+def ports_closed(*ports):
+    for port in ports:
+        with pytest.raises(httpx2.ConnectError):
+            httpx2.get(f"http://127.0.0.1:{port}/", timeout=2)
+    return True
+
+
+@pytest.mark.parametrize("moment", ["redis  | ", "worker | "])  # Redis up, then the worker starting
+def test_ctrl_c_during_start_up_stops_everything(stack, moment):
+    redis_port = free_port()
+    ch03 = stack("3", REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
+    ch03.process.wait_for_output(moment, timeout=60)
+    assert ch03.ctrl_c() == 130
+    assert "Traceback" not in ch03.process.output
+    assert "run_all.sh: stopping redis\n" in ch03.process.output
+    assert ports_closed(redis_port, *ch03.ports.values())
+
+
+def test_a_second_ctrl_c_stops_at_once(stack, redis_url):
+    ch03 = stack("3", REDIS_URL=redis_url)
+    ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
+    task_id = httpx2.post(f"{ch03.web}/divide", json={"x": 1, "y": 4}).json()["task_id"]
+    ch03.process.wait_for_output(f"Task tasks.divide[{task_id}] received", timeout=10)
+    ch03.ctrl_c(timeout=None)
+    ch03.process.wait_for_output("for the worker's running tasks to finish (Ctrl+C again to stop at once)", timeout=20)
+    assert ch03.ctrl_c(timeout=15) == 130
+    assert "run_all.sh: stopping at once" in ch03.process.output
+    assert f"Task tasks.divide[{task_id}] succeeded" not in ch03.process.output
+    assert ports_closed(*ch03.ports.values())
