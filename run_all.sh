@@ -137,7 +137,9 @@ wait_ready() {  # wait_ready SECONDS NAME=CHECK...: until every check answers; f
   local pids="" i
   for ((i = 0; i < ${#PIDS[@]}; i++)); do pids+="${NAMES[i]}=${PIDS[i]} "; done
   "$PY" - "$pids" "$@" <<'EOF'
-import os, subprocess, sys, time, urllib.request
+import signal, sys
+signal.signal(signal.SIGINT, lambda *_: sys.exit(130))  # Ctrl+C during start-up: the script's trap stops the rest
+import os, subprocess, time, urllib.request
 pids = dict(item.split("=") for item in sys.argv[1].split())
 deadline, checks = time.monotonic() + float(sys.argv[2]), dict(a.split("=", 1) for a in sys.argv[3:])
 
@@ -167,10 +169,7 @@ def check_all():
             sys.exit(f"run_all.sh: no answer from {', '.join(checks)} after {sys.argv[2]} s; the output is above")
         time.sleep(0.2)
 
-try:
-    check_all()
-except KeyboardInterrupt:  # Ctrl+C during start-up: the script's trap stops what has started
-    sys.exit(130)
+check_all()
 EOF
 }
 
