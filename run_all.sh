@@ -265,7 +265,7 @@ run_shell() {
     export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
     export CELERY_BROKER_URL=${CELERY_BROKER_URL:-$REDIS_URL} CELERY_RESULT_BACKEND=${CELERY_RESULT_BACKEND:-$REDIS_URL}
     redis_answers "$CELERY_BROKER_URL" ||
-      echo "Note: no Redis answers at $CELERY_BROKER_URL: divide.delay() would wait about 20 s, then raise RuntimeError: Retry limit exceeded.
+      echo "Note: no Redis answers at $CELERY_BROKER_URL: sending a task raises RuntimeError: Retry limit exceeded.
 Start one first: $(carried REDIS_URL)./run_all.sh $ch in another terminal."
   fi
   cd "$ROOT/$ch"

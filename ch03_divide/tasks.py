@@ -3,12 +3,20 @@ import os
 from time import sleep
 
 from celery import Celery
+from celery.signals import celeryd_init
 
 celery = Celery(
     "worker",
     broker=os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"),
     backend=os.environ.get("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/0"),
+    result_backend_transport_options={"retry_policy": {"max_retries": 1}},  # no Redis: a 503 at once, not after 20 s
 )
+
+
+@celeryd_init.connect
+def patient_worker(conf, **kwargs):  # the worker, unlike the API, waits for Redis to come back to store a result
+    conf.result_backend_transport_options = {}
+    conf.result_backend_always_retry = True
 
 
 @celery.task

@@ -6,6 +6,7 @@ class BaseConfig:
     DEBUG = False
     CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
     CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/0")
+    CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": {"max_retries": 1}}  # no Redis: a 503 at once
 
 
 class DevelopmentConfig(BaseConfig):

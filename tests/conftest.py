@@ -4,6 +4,7 @@ A test module names its chapter folder in CHAPTER; the fixtures below work on th
 """
 import fcntl
 import importlib
+import json
 import os
 import shutil
 import signal
@@ -15,12 +16,14 @@ import threading
 import time
 import urllib.parse
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import redis
 from celery import _state
+from fastapi.testclient import TestClient
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -233,6 +236,27 @@ def status_when_done(client, task_id, timeout=15):
         body = client.get(f"/tasks/{task_id}").json()
         return body["state"] != "PENDING" and body
     return wait_for(done, timeout, f"task {task_id}")
+
+
+def assert_redis_down_then_back(chapter, env, requests=50):
+    """With no Redis, concurrent requests all get a 503 saying so; once Redis is back, the same app serves again."""
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    with import_chapter(chapter, {**env, "CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url}) as main:
+        client = TestClient(main.app)
+        with ThreadPoolExecutor(requests) as pool:
+            responses = list(pool.map(lambda _: client.post("/divide", json={"x": 1, "y": 2}), range(requests)))
+        responses.append(client.get("/tasks/no-such-task"))
+        expected = {"detail": f"Redis is unreachable: Error 111 connecting to 127.0.0.1:{port}. Connection refused."}
+        assert {(r.status_code, r.text) for r in responses} == {(503, json.dumps(expected, separators=(",", ":")))}
+
+        server = Process([find_redis_server(), "--port", str(port), "--save", "", "--appendonly", "no"], ROOT, os.environ)
+        try:
+            wait_for(lambda: redis.Redis(port=port).ping(), 10, "Redis back")
+            assert client.post("/divide", json={"x": 1, "y": 2}).status_code == 200
+            assert client.get("/tasks/no-such-task").json()["state"] == "PENDING"
+        finally:
+            server.stop()
 
 
 def readme_has_current_diff(chapter):

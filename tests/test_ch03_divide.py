@@ -4,7 +4,7 @@ import pytest
 from celery.result import AsyncResult
 from fastapi.testclient import TestClient
 
-from conftest import free_port, import_chapter, readme_has_current_diff, status_when_done, wait_for
+from conftest import assert_redis_down_then_back, import_chapter, readme_has_current_diff, status_when_done, wait_for
 
 CHAPTER = "ch03_divide"
 
@@ -101,13 +101,5 @@ def test_an_unknown_task_id_reads_pending(client):
     assert client.get("/tasks/no-such-task").json() == {"task_id": "no-such-task", "state": "PENDING", "result": None, "error": None}
 
 
-def test_without_redis_the_api_says_so(chapter, chapter_env):
-    port = free_port()
-    nowhere = f"redis://127.0.0.1:{port}/0"
-    env = {**chapter_env, "CELERY_BROKER_URL": nowhere, "CELERY_RESULT_BACKEND": nowhere}
-    with import_chapter(chapter, env) as main:
-        main.celery.conf.result_backend_transport_options = {"retry_policy": {"max_retries": 1}}  # not 20 s of retries
-        client = TestClient(main.app)
-        expected = {"detail": f"Redis is unreachable: Error 111 connecting to 127.0.0.1:{port}. Connection refused."}
-        for response in (client.get("/tasks/no-such-task"), client.post("/divide", json={"x": 1, "y": 2})):
-            assert (response.status_code, response.json()) == (503, expected)
+def test_without_redis_the_api_says_so_and_recovers(chapter, chapter_env):
+    assert_redis_down_then_back(chapter, chapter_env)

@@ -3,7 +3,7 @@ import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import import_chapter, readme_has_current_diff, run_all, status_when_done, wait_for
+from conftest import assert_redis_down_then_back, import_chapter, readme_has_current_diff, run_all, status_when_done, wait_for
 
 CHAPTER = "ch04_factory"
 
@@ -99,6 +99,10 @@ def test_development_sends_tasks_to_the_worker(client, worker):
         "task_id": failing, "state": "FAILURE", "result": None, "error": "ZeroDivisionError: float division by zero",
     }
     assert f"Task tasks.divide[{ok}] succeeded" in worker.output
+
+
+def test_without_redis_the_api_says_so_and_recovers(chapter, chapter_env):
+    assert_redis_down_then_back(chapter, chapter_env)
 
 
 def test_run_all_runs_the_chapter(stack, redis_url):
