@@ -2,11 +2,15 @@
 
 Run: celery -A main.celery worker --loglevel=info   (and uvicorn main:app --reload)
 """
+import json
+
 from celery.result import AsyncResult
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
-from pydantic import BaseModel, FiniteFloat
+from pydantic import BaseModel, ConfigDict, FiniteFloat
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tasks import celery, divide
@@ -15,6 +19,7 @@ app = FastAPI()
 
 
 class Numbers(BaseModel):
+    model_config = ConfigDict(strict=True)  # numbers only: not "5", not true
     x: FiniteFloat
     y: FiniteFloat
 
@@ -40,6 +45,12 @@ def task_status(task_id: str):
         "result": task.result if state == "SUCCESS" else None,
         "error": f"{type(task.result).__name__}: {task.result}" if state == "FAILURE" else None,
     }
+
+
+@app.exception_handler(RequestValidationError)
+async def invalid_input(request: Request, exc: RequestValidationError):  # FastAPI's 422, even for a NaN input
+    errors = json.loads(json.dumps(jsonable_encoder(exc.errors())), parse_constant=str)  # NaN, Infinity: as text
+    return JSONResponse({"detail": errors}, status_code=422)
 
 
 @app.exception_handler(OperationalError)  # sending a task: the broker did not answer

@@ -1,4 +1,5 @@
 """The Celery app and the guide's divide task. Broker and results: Redis, unless the environment says otherwise."""
+import math
 import os
 from time import sleep
 
@@ -22,4 +23,7 @@ def patient_worker(conf, **kwargs):  # the worker, unlike the API, waits for Red
 @celery.task
 def divide(x, y):
     sleep(5)  # stands in for slow work, so you can watch the task go from PENDING to SUCCESS
-    return x / y
+    quotient = x / y
+    if math.isinf(quotient):  # 1e308 / 1e-308: JSON has no Infinity to store it as
+        raise OverflowError(f"{x} / {y} is too large for a float")
+    return quotient

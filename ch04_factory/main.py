@@ -4,11 +4,15 @@ FASTAPI_CONFIG picks development (the default), production, or testing (tasks ru
 Run: celery -A main.celery worker --loglevel=info   (and uvicorn main:app --reload)
 """
 from celery import current_app as current_celery_app
+import json
+
 from celery.result import AsyncResult
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
-from pydantic import BaseModel, FiniteFloat
+from pydantic import BaseModel, ConfigDict, FiniteFloat
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from config import get_settings
@@ -26,6 +30,7 @@ router = APIRouter()
 
 
 class Numbers(BaseModel):
+    model_config = ConfigDict(strict=True)  # numbers only: not "5", not true
     x: FiniteFloat
     y: FiniteFloat
 
@@ -53,6 +58,11 @@ def task_status(task_id: str, request: Request):
     }
 
 
+async def invalid_input(request: Request, exc: RequestValidationError):  # FastAPI's 422, even for a NaN input
+    errors = json.loads(json.dumps(jsonable_encoder(exc.errors())), parse_constant=str)  # NaN, Infinity: as text
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
 async def redis_unreachable(request: Request, exc: Exception):
     if isinstance(exc, RuntimeError) and not isinstance(exc.__cause__, RedisConnectionError):
         raise exc  # a RuntimeError of another kind
@@ -65,6 +75,7 @@ def create_app() -> FastAPI:
     app.settings = settings
     app.celery_app = create_celery(settings)
     app.include_router(router)
+    app.add_exception_handler(RequestValidationError, invalid_input)
     # sending a task: the broker did not answer, or Celery's result listener gave up reconnecting;
     # reading a result: the result backend did not answer
     for error in (OperationalError, RuntimeError, RedisConnectionError):

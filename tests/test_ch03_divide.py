@@ -91,10 +91,32 @@ def test_divide_by_zero_over_http(client, worker):
 def test_non_numbers_are_refused_with_fastapis_message(client):
     response = client.post("/divide", json={"x": "one", "y": 2})
     assert response.status_code == 422
-    assert response.json() == {"detail": [{
-        "type": "float_parsing", "loc": ["body", "x"], "msg": "Input should be a valid number, unable to parse string as a number",
-        "input": "one",
-    }]}
+    assert response.json() == {"detail": [
+        {"type": "float_type", "loc": ["body", "x"], "msg": "Input should be a valid number", "input": "one"},
+    ]}
+
+
+@pytest.mark.parametrize(("body", "x"), [({"x": "5", "y": 1}, "5"), ({"x": True, "y": 1}, True)])
+def test_numbers_only(client, body, x):
+    response = client.post("/divide", json=body)
+    assert (response.status_code, response.json()) == (422, {"detail": [
+        {"type": "float_type", "loc": ["body", "x"], "msg": "Input should be a valid number", "input": x},
+    ]})
+
+
+@pytest.mark.parametrize(("text", "shown"), [("NaN", "NaN"), ("Infinity", "Infinity"), ("-Infinity", "-Infinity"), ("1e400", "Infinity")])
+def test_json_numbers_that_are_not_finite_get_a_422_too(client, text, shown):
+    response = client.post("/divide", content=f'{{"x": {text}, "y": 1}}', headers={"content-type": "application/json"})
+    assert (response.status_code, response.json()) == (422, {"detail": [
+        {"type": "finite_number", "loc": ["body", "x"], "msg": "Input should be a finite number", "input": shown},
+    ]})
+
+
+def test_a_quotient_too_large_for_a_float_fails_clearly(client, worker):
+    task_id = client.post("/divide", json={"x": 1e308, "y": 1e-308}).json()["task_id"]
+    assert status_when_done(client, task_id) == {
+        "task_id": task_id, "state": "FAILURE", "result": None, "error": "OverflowError: 1e+308 / 1e-308 is too large for a float",
+    }
 
 
 def test_an_unknown_task_id_reads_pending(client):

@@ -72,6 +72,16 @@ def test_testing_keeps_failures_too(testing_client):
     }
 
 
+def test_testing_shows_bad_input_and_overflow(testing_client):
+    response = testing_client.post("/divide", content='{"x": NaN, "y": true}', headers={"content-type": "application/json"})
+    assert (response.status_code, response.json()) == (422, {"detail": [
+        {"type": "finite_number", "loc": ["body", "x"], "msg": "Input should be a finite number", "input": "NaN"},
+        {"type": "float_type", "loc": ["body", "y"], "msg": "Input should be a valid number", "input": True},
+    ]})
+    task_id = testing_client.post("/divide", json={"x": 1e308, "y": 1e-308}).json()["task_id"]
+    assert testing_client.get(f"/tasks/{task_id}").json()["error"] == "OverflowError: 1e+308 / 1e-308 is too large for a float"
+
+
 def test_the_worker_starts_without_deprecation_warnings(worker):
     assert "[tasks]\n  . tasks.divide\n" in worker.output
     assert "Deprecat" not in worker.output
