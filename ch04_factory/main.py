@@ -40,7 +40,7 @@ async def root():
     return {"message": "Hello World"}
 
 
-@router.post("/divide")
+@router.post("/divide", responses={400: {"description": "The body is not UTF-8 JSON"}})
 def start_divide(numbers: Numbers):  # a plain def runs in a thread pool: sending to Redis won't block the event loop
     task = divide.delay(numbers.x, numbers.y)
     return {"task_id": task.id}

@@ -4,6 +4,7 @@ A test module names its chapter folder in CHAPTER; the fixtures below work on th
 """
 import fcntl
 import importlib
+import itertools
 import json
 import os
 import shutil
@@ -22,6 +23,9 @@ from pathlib import Path
 
 import pytest
 import redis
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
 from celery import _state
 from fastapi.testclient import TestClient
 
@@ -257,6 +261,29 @@ def assert_redis_down_then_back(chapter, env, requests=50):
             assert client.get("/tasks/no-such-task").json()["state"] == "PENDING"
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def api_schema(chapter, chapter_env, redis_url):
+    """The chapter's OpenAPI schema, on an app whose tasks go to a Redis database no worker reads, emptied after."""
+    unread = redis_url.rsplit("/", 1)[0] + "/15"
+    with import_chapter(chapter, {**chapter_env, "CELERY_BROKER_URL": unread, "CELERY_RESULT_BACKEND": unread}) as main:
+        yield schemathesis.openapi.from_asgi("/openapi.json", main.app)
+    redis.Redis.from_url(unread).flushdb()
+
+
+def no_request_gets_a_server_error(schema, examples=40):
+    """Schemathesis's every check (no 5xx, answers as documented, ...) on each operation of the schema."""
+    for operation, mode in itertools.product(schema.get_all_operations(), schemathesis.GenerationMode):
+        @given(case=operation.ok().as_strategy(generation_mode=mode))  # valid input, then invalid input
+        @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        def check(case):
+            case.call_and_validate()
+        try:
+            check()
+        except Unsatisfiable:  # an operation that takes no input has no invalid input
+            assert mode == schemathesis.GenerationMode.NEGATIVE
+    return True
 
 
 def readme_has_current_diff(chapter):

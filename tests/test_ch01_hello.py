@@ -6,7 +6,7 @@ import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import Process, free_port, import_chapter, wait_for
+from conftest import Process, free_port, import_chapter, no_request_gets_a_server_error, wait_for
 
 CHAPTER = "ch01_hello"
 
@@ -75,3 +75,8 @@ def test_the_same_code_works_with_redis(chapter, redis_url):
     with import_chapter(chapter, env) as main, TestClient(main.app) as client:
         assert main.celery.conf.broker_url == redis_url
         assert client.get("/add", params={"x": 20, "y": 22}).json() == {"20+22": 42}
+
+
+
+def test_no_request_gets_a_server_error(api_schema):
+    assert no_request_gets_a_server_error(api_schema)

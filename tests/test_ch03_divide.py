@@ -4,7 +4,7 @@ import pytest
 from celery.result import AsyncResult
 from fastapi.testclient import TestClient
 
-from conftest import assert_redis_down_then_back, import_chapter, readme_has_current_diff, status_when_done, wait_for
+from conftest import assert_redis_down_then_back, import_chapter, no_request_gets_a_server_error, readme_has_current_diff, status_when_done, wait_for
 
 CHAPTER = "ch03_divide"
 
@@ -125,3 +125,8 @@ def test_an_unknown_task_id_reads_pending(client):
 
 def test_without_redis_the_api_says_so_and_recovers(chapter, chapter_env):
     assert_redis_down_then_back(chapter, chapter_env)
+
+
+
+def test_no_request_gets_a_server_error(api_schema):
+    assert no_request_gets_a_server_error(api_schema)

@@ -3,7 +3,7 @@ import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import assert_redis_down_then_back, import_chapter, readme_has_current_diff, run_all, status_when_done, wait_for
+from conftest import assert_redis_down_then_back, import_chapter, no_request_gets_a_server_error, readme_has_current_diff, run_all, status_when_done, wait_for
 
 CHAPTER = "ch04_factory"
 
@@ -126,3 +126,8 @@ def test_run_all_shell_imports_the_factory(redis_url):
     result = run_all("shell", "ch04_factory", env={"REDIS_URL": redis_url}, input="print(type(app.settings).__name__)\n")
     assert "Names: " in result.stdout and " create_app, " in result.stdout and " divide, " in result.stdout
     assert "DevelopmentConfig" in result.stdout
+
+
+
+def test_no_request_gets_a_server_error(api_schema):
+    assert no_request_gets_a_server_error(api_schema)
