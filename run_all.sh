@@ -153,23 +153,21 @@ def answers(check):
         return redis.Redis.from_url(check, socket_timeout=1).ping()
     return urllib.request.urlopen(check, timeout=2).status == 200
 
-def check_all():
-    while checks:
-        for name, check in list(checks.items()):
-            try:
-                if answers(check):
-                    del checks[name]
-            except Exception:
-                pass
-        for name, pid in pids.items():
-            state = subprocess.run(["ps", "-o", "stat=", "-p", pid], capture_output=True, text=True).stdout
-            if not state or state.startswith("Z"):
-                sys.exit(f"run_all.sh: {name} exited during start-up; its output is above")
-        if checks and time.monotonic() > deadline:
-            sys.exit(f"run_all.sh: no answer from {', '.join(checks)} after {sys.argv[2]} s; the output is above")
-        time.sleep(0.2)
+while checks:
+    for name, check in list(checks.items()):
+        try:
+            if answers(check):
+                del checks[name]
+        except Exception:
+            pass
+    for name, pid in pids.items():
+        state = subprocess.run(["ps", "-o", "stat=", "-p", pid], capture_output=True, text=True).stdout
+        if not state or state.startswith("Z"):
+            sys.exit(f"run_all.sh: {name} exited during start-up; its output is above")
+    if checks and time.monotonic() > deadline:
+        sys.exit(f"run_all.sh: no answer from {', '.join(checks)} after {sys.argv[2]} s; the output is above")
+    time.sleep(0.2)
 
-check_all()
 EOF
 }
 
@@ -262,11 +260,12 @@ run_shell() {
   local ch=$1
   ensure_venv requirements.txt
   if [[ $ch != ch01_* ]]; then
+    local again; again=$(carried REDIS_URL)
     export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
     export CELERY_BROKER_URL=${CELERY_BROKER_URL:-$REDIS_URL} CELERY_RESULT_BACKEND=${CELERY_RESULT_BACKEND:-$REDIS_URL}
     redis_answers "$CELERY_BROKER_URL" ||
       echo "Note: no Redis answers at $CELERY_BROKER_URL: sending a task raises RuntimeError: Retry limit exceeded.
-Start one first: $(carried REDIS_URL)./run_all.sh $ch in another terminal."
+Start one first: ${again}./run_all.sh $ch in another terminal."
   fi
   cd "$ROOT/$ch"
   exec "$PY" -i -c "from main import *
