@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tasks import celery, divide
 
-app = FastAPI()
+app = FastAPI(max_body_size=65_536)  # a bigger body gets 413 before it is read
 
 
 class Numbers(BaseModel):
@@ -29,7 +29,7 @@ async def root():
     return {"message": "Hello World"}
 
 
-@app.post("/divide", responses={400: {"description": "The body is not UTF-8 JSON"}})
+@app.post("/divide", responses={400: {"description": "Not UTF-8 JSON"}, 413: {"description": "Over 64 KiB"}})
 def start_divide(numbers: Numbers):  # a plain def runs in a thread pool: sending to Redis won't block the event loop
     task = divide.delay(numbers.x, numbers.y)
     return {"task_id": task.id}

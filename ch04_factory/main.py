@@ -4,18 +4,12 @@ FASTAPI_CONFIG picks development (the default), production, or testing (tasks ru
 Run: celery -A main.celery worker --loglevel=info   (and uvicorn main:app --reload)
 """
 from celery import current_app as current_celery_app
-import json
-
 from celery.result import AsyncResult
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from kombu.exceptions import OperationalError
 from pydantic import BaseModel, ConfigDict, FiniteFloat
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from config import get_settings
+from errors import add_error_handlers
 from tasks import divide
 
 
@@ -40,7 +34,7 @@ async def root():
     return {"message": "Hello World"}
 
 
-@router.post("/divide", responses={400: {"description": "The body is not UTF-8 JSON"}})
+@router.post("/divide", responses={400: {"description": "Not UTF-8 JSON"}, 413: {"description": "Over 64 KiB"}})
 def start_divide(numbers: Numbers):  # a plain def runs in a thread pool: sending to Redis won't block the event loop
     task = divide.delay(numbers.x, numbers.y)
     return {"task_id": task.id}
@@ -58,28 +52,13 @@ def task_status(task_id: str, request: Request):
     }
 
 
-async def invalid_input(request: Request, exc: RequestValidationError):  # FastAPI's 422, even for a NaN input
-    errors = json.loads(json.dumps(jsonable_encoder(exc.errors())), parse_constant=str)  # NaN, Infinity: as text
-    return JSONResponse({"detail": errors}, status_code=422)
-
-
-async def redis_unreachable(request: Request, exc: Exception):
-    if isinstance(exc, RuntimeError) and not isinstance(exc.__cause__, RedisConnectionError):
-        raise exc  # a RuntimeError of another kind
-    return JSONResponse({"detail": f"Redis is unreachable: {exc.__cause__ or exc}"}, status_code=503)
-
-
 def create_app() -> FastAPI:
     settings = get_settings()
-    app = FastAPI(debug=settings.DEBUG)
+    app = FastAPI(debug=settings.DEBUG, max_body_size=65_536)  # a bigger body: 413 before it is read
     app.settings = settings
     app.celery_app = create_celery(settings)
     app.include_router(router)
-    app.add_exception_handler(RequestValidationError, invalid_input)
-    # sending a task: the broker did not answer, or Celery's result listener gave up reconnecting;
-    # reading a result: the result backend did not answer
-    for error in (OperationalError, RuntimeError, RedisConnectionError):
-        app.add_exception_handler(error, redis_unreachable)
+    add_error_handlers(app)
     return app
 
 

@@ -4,7 +4,7 @@ import pytest
 from celery.result import AsyncResult
 from fastapi.testclient import TestClient
 
-from conftest import assert_redis_down_then_back, import_chapter, no_request_gets_a_server_error, readme_has_current_diff, status_when_done, wait_for
+from conftest import assert_redis_down_then_back, bodies_over_64_kib_are_refused, import_chapter, no_request_gets_a_server_error, readme_has_current_diff, status_when_done, wait_for
 
 CHAPTER = "ch03_divide"
 
@@ -119,13 +119,16 @@ def test_a_quotient_too_large_for_a_float_fails_clearly(client, worker):
     }
 
 
+def test_a_body_over_64_kib_is_refused(client):
+    assert bodies_over_64_kib_are_refused(client)
+
+
 def test_an_unknown_task_id_reads_pending(client):
     assert client.get("/tasks/no-such-task").json() == {"task_id": "no-such-task", "state": "PENDING", "result": None, "error": None}
 
 
 def test_without_redis_the_api_says_so_and_recovers(chapter, chapter_env):
     assert_redis_down_then_back(chapter, chapter_env)
-
 
 
 def test_no_request_gets_a_server_error(api_schema):

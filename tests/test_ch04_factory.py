@@ -3,7 +3,7 @@ import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import assert_redis_down_then_back, import_chapter, no_request_gets_a_server_error, readme_has_current_diff, run_all, status_when_done, wait_for
+from conftest import assert_redis_down_then_back, bodies_over_64_kib_are_refused, import_chapter, no_request_gets_a_server_error, readme_has_current_diff, run_all, status_when_done, wait_for
 
 CHAPTER = "ch04_factory"
 
@@ -111,6 +111,10 @@ def test_development_sends_tasks_to_the_worker(client, worker):
     assert f"Task tasks.divide[{ok}] succeeded" in worker.output
 
 
+def test_a_body_over_64_kib_is_refused(client):
+    assert bodies_over_64_kib_are_refused(client)
+
+
 def test_without_redis_the_api_says_so_and_recovers(chapter, chapter_env):
     assert_redis_down_then_back(chapter, chapter_env)
 
@@ -126,7 +130,6 @@ def test_run_all_shell_imports_the_factory(redis_url):
     result = run_all("shell", "ch04_factory", env={"REDIS_URL": redis_url}, input="print(type(app.settings).__name__)\n")
     assert "Names: " in result.stdout and " create_app, " in result.stdout and " divide, " in result.stdout
     assert "DevelopmentConfig" in result.stdout
-
 
 
 def test_no_request_gets_a_server_error(api_schema):
