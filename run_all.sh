@@ -20,7 +20,7 @@ usage() {
 Usage: ./run_all.sh CHAPTER          run the chapter: Redis, worker and web app (both reloaded on change), Flower
        ./run_all.sh test [ARGS]      run the test suite (ARGS go to pytest)
        ./run_all.sh shell CHAPTER    a Python shell inside the chapter, its main module imported
-       ./run_all.sh diff CHAPTER     what the chapter changed since the chapter before
+       ./run_all.sh diff CHAPTER     what the chapter changed since the chapter before (its .py and .html files)
 
 CHAPTER is a folder name, or just its number: ch03_divide, ch03 and 3 are the same.
 EOF
@@ -114,7 +114,7 @@ stop() {  # stop PID SECONDS: SIGTERM to the process alone (it stops its own chi
   wait "$pid" 2>/dev/null || true
 }
 
-stop_all() {  # newest first: web, Flower, worker, then the Redis this script started
+stop_all() {  # newest first: Flower, the worker, web, the stand-in, then the Redis this script started
   trap 'FORCE=1; echo " run_all.sh: stopping at once" >&2' INT
   trap '' TERM
   local i name pid child
@@ -185,19 +185,30 @@ s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null; }
 
 # --- the commands ------------------------------------------------------------------------------
 
+claim_port() {  # claim_port VAR DEFAULT: REPLY=the port; if it is taken, a hint that keeps the reader's other settings
+  local port=${!1:-$2} name kept=""
+  for name in REDIS_URL WEB_PORT FLOWER_PORT THIRD_PARTY_PORT; do [[ $name == "$1" ]] || kept+=$(carried "$name"); done
+  port_free "$port" || die "port $port is in use; free it or choose another: $kept$1=$((port + 1)) ./run_all.sh $ch"
+  REPLY=$port
+}
+
 run_chapter() {
-  local ch=$1 web_port=${WEB_PORT:-8000} flower_port=${FLOWER_PORT:-5555} redis_note="" host port server
+  local ch=$1 web_port flower_port third_party_port="" redis_note="" host port server
   ensure_venv requirements.txt
   export PATH=$VENV/bin:$PATH PYTHONUNBUFFERED=1
   trap 'echo; stop_all; exit 130' INT
   trap 'stop_all; exit 143' TERM
-  local again shell_hint; again=$(carried REDIS_URL FLOWER_PORT) shell_hint=$(carried REDIS_URL)
+  local shell_hint; shell_hint=$(carried REDIS_URL)
 
-  port_free "$web_port" || die "port $web_port is in use; free it or choose another: ${again}WEB_PORT=$((web_port + 1)) ./run_all.sh $ch"
+  claim_port WEB_PORT 8000 && web_port=$REPLY
   local checks=("web=http://127.0.0.1:$web_port/")
+  if [[ -f $ROOT/$ch/third_party.py ]]; then  # from chapter 5: a stand-in for a third-party email service
+    claim_port THIRD_PARTY_PORT 8010 && third_party_port=$REPLY
+    export THIRD_PARTY_URL=http://127.0.0.1:$third_party_port
+    checks+=("3rd=$THIRD_PARTY_URL/openapi.json")
+  fi
   if [[ $ch != ch01_* ]]; then  # chapter 1 needs no server: its worker lives inside the web process
-    again=$(carried REDIS_URL WEB_PORT)
-    port_free "$flower_port" || die "port $flower_port is in use; free it or choose another: ${again}FLOWER_PORT=$((flower_port + 1)) ./run_all.sh $ch"
+    claim_port FLOWER_PORT 5555 && flower_port=$REPLY
     export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
     export CELERY_BROKER_URL=$REDIS_URL CELERY_RESULT_BACKEND=$REDIS_URL
     export FLOWER_UNAUTHENTICATED_API=true  # Flower listens on 127.0.0.1 only
@@ -219,6 +230,7 @@ print(url.hostname or "127.0.0.1", url.port or 6379)' "$REDIS_URL")
   fi
 
   cd "$ROOT/$ch"
+  [[ -z $third_party_port ]] || start 3rd uvicorn third_party:app --host 127.0.0.1 --port "$third_party_port"
   start web uvicorn main:app --reload --host 127.0.0.1 --port "$web_port"
   if [[ $ch != ch01_* ]]; then
     # named after the web port: a second stack on the same Redis gets a worker of another name
@@ -233,6 +245,11 @@ print(url.hostname or "127.0.0.1", url.port or 6379)' "$REDIS_URL")
   local banner="
   $ch is running:
     web      http://127.0.0.1:$web_port/   (API docs: /docs, needs internet; /openapi.json works offline)"
+  local page
+  for page in $(sed -n 's/^@router.get("\(\/form[a-z_]*\)".*/\1/p' main.py); do banner+="
+    page     http://127.0.0.1:$web_port$page"; done
+  [[ -z $third_party_port ]] || banner+="
+    3rd      $THIRD_PARTY_URL   (the email service's stand-in: it answers after ${THIRD_PARTY_DELAY:-5} s)"
   [[ $ch == ch01_* ]] || banner+="
     Flower   http://127.0.0.1:$flower_port/
     Redis    $REDIS_URL $redis_note
@@ -279,7 +296,7 @@ show_diff() {
   local ch=$1 prev file
   prev=$(previous "$ch") || die "$ch is the first chapter; there is nothing before it to compare with"
   cd "$ROOT"
-  for file in $( (cd "$prev" && ls -- *.py; cd "$ROOT/$ch" && ls -- *.py) | sort -u); do
+  for file in $( (cd "$prev" && ls -- *.py *.html; cd "$ROOT/$ch" && ls -- *.py *.html) 2>/dev/null | sort -u); do
     diff -uN --label "$(label "$prev/$file")" --label "$(label "$ch/$file")" "$prev/$file" "$ch/$file" || true
   done
 }

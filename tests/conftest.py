@@ -21,10 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx2
 import pytest
 import redis
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, settings, strategies
 from hypothesis.errors import Unsatisfiable
 from celery import _state
 from fastapi.testclient import TestClient
@@ -33,6 +34,14 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 CELERY_FINALIZERS = set(_state._on_app_finalizers)  # Celery's built-in tasks, before any chapter adds its own
 CHAPTER_MODULES = {path.stem for path in ROOT.glob("ch[0-9][0-9]_*/*.py")}  # main, tasks, ...
+# The environment pytest started in, less what configures a chapter: each test sets what it needs. Read once, here,
+# since import_chapter() sets os.environ to a chapter's environment for as long as its module is imported.
+CLEAN_ENV = {k: v for k, v in os.environ.items()
+             if not k.startswith(("CELERY_", "FASTAPI_", "FLOWER_", "THIRD_PARTY_", "RETRY_", "REDIS_URL"))}
+
+# JSON Schema's "email" allows any address; pydantic's EmailStr refuses reserved domains, such as .test: valid input
+# is an address on a real domain.
+schemathesis.openapi.format("email", strategies.emails(domains=strategies.just("example.com")))
 
 
 def free_port():
@@ -135,9 +144,12 @@ def chapter(request):
 
 
 @pytest.fixture(scope="module")
-def chapter_env(redis_url):
-    """The environment a reader's terminal would have: the venv first on PATH, Celery pointed at the test Redis."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "FASTAPI_", "FLOWER_"))}
+def chapter_env(redis_url, chapter):
+    """The environment a reader's terminal would have: the venv first on PATH, Celery pointed at the test Redis.
+
+    From chapter 5 on, the email service's stand-in is on a free port, and it and the retries wait 1 s, not 5.
+    """
+    env = dict(CLEAN_ENV)
     env.update(
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
         CELERY_BROKER_URL=redis_url,
@@ -145,6 +157,8 @@ def chapter_env(redis_url):
         FLOWER_UNAUTHENTICATED_API="true",
         PYTHONUNBUFFERED="1",
     )
+    if (chapter / "third_party.py").exists():
+        env.update(THIRD_PARTY_URL=f"http://127.0.0.1:{free_port()}", THIRD_PARTY_DELAY="1", RETRY_COUNTDOWN="1")
     redis.Redis.from_url(redis_url).flushall()  # nothing left over from another chapter's tests
     return env
 
@@ -221,15 +235,49 @@ def flower(start, worker):
     port = free_port()
     start("celery", "-A", "main.celery", "flower", f"--port={port}")
     url = f"http://127.0.0.1:{port}"
-    import httpx2
-    wait_for(lambda: httpx2.get(f"{url}/api/workers", timeout=2).status_code == 200, 30, "Flower")
+    wait_for(lambda: url_answers(f"{url}/api/workers"), 30, "Flower")
     return url
+
+
+def url_answers(url):
+    return httpx2.get(url, timeout=2).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def third_party(start, chapter_env):
+    """The email service's stand-in, started as the reader starts it, on the port THIRD_PARTY_URL names."""
+    url = chapter_env["THIRD_PARTY_URL"]
+    process = start("uvicorn", "third_party:app", "--port", url.rsplit(":", 1)[1])
+    wait_for(lambda: url_answers(f"{url}/openapi.json"), 30, "the stand-in")
+    return process
+
+
+@pytest.fixture(scope="module")
+def web(start):
+    """The reader's `uvicorn main:app` on a free port; its base URL once it answers."""
+    port = free_port()
+    start("uvicorn", "main:app", "--port", str(port))
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: url_answers(f"{url}/"), 30, "the web app")
+    return url
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """Playwright drives the Chromium installed on the machine (browser downloads are not needed)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        how = "sudo apt install chromium (Debian, Ubuntu), or brew install --cask chromium (macOS)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"no Chromium, and CI must run the browser tests: {how}")
+        pytest.skip(f"no Chromium to run the browser tests; to run them: {how}")
+    return {**browser_type_launch_args, "executable_path": chromium}
 
 
 def run_all(*args, env=None, input="", timeout=120):
     """./run_all.sh with arguments, to completion; `input` is what is typed into it."""
     return subprocess.run(
-        [str(ROOT / "run_all.sh"), *args], cwd=ROOT, env={**os.environ, **(env or {})},
+        [str(ROOT / "run_all.sh"), *args], cwd=ROOT, env={**CLEAN_ENV, **(env or {})},
         input=input, capture_output=True, text=True, timeout=timeout,
     )
 
@@ -240,6 +288,27 @@ def status_when_done(client, task_id, timeout=15):
         body = client.get(f"/tasks/{task_id}").json()
         return body["state"] != "PENDING" and body
     return wait_for(done, timeout, f"task {task_id}")
+
+
+def statuses_until_done(client, task_id, timeout=30):
+    """Every different JSON of GET /tasks/{task_id}, in order, until SUCCESS or FAILURE."""
+    seen = []
+
+    def done():
+        body = client.get(f"/tasks/{task_id}").json()
+        if not seen or seen[-1] != body:
+            seen.append(body)
+        return body["state"] in ("SUCCESS", "FAILURE")
+    wait_for(done, timeout, f"task {task_id} to finish")
+    return seen
+
+
+def bodies_over_64_kib_are_refused(client, path="/divide", body='{"x": 1, "y": 2}'):
+    """The API reads up to 64 KiB of body; one byte more is a 413, before anything is parsed."""
+    padded = body[:-1] + " " * (65_536 - len(body)) + body[-1]
+    assert client.post(path, content=padded, headers={"content-type": "application/json"}).status_code == 200
+    response = client.post(path, content=padded + " ", headers={"content-type": "application/json"})
+    return (response.status_code, response.text) == (413, "Content Too Large")
 
 
 def assert_redis_down_then_back(chapter, env, requests=50):
@@ -311,8 +380,8 @@ class Stack:
     """./run_all.sh CHAPTER on a pseudo-terminal of its own, its controlling terminal, as a reader's terminal runs it."""
 
     def __init__(self, chapter, **env):
-        self.ports = {"WEB_PORT": free_port(), "FLOWER_PORT": free_port()}
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "FLOWER_"))} | env
+        self.ports = {"WEB_PORT": free_port(), "FLOWER_PORT": free_port(), "THIRD_PARTY_PORT": free_port()}
+        env = CLEAN_ENV | env
         env |= {name: str(port) for name, port in self.ports.items()}
         self.tag = env["RUN_ALL_TAG"] = str(uuid.uuid4())
         self.env = env

@@ -1,12 +1,11 @@
 """ch01_hello, in the order of its README: Hello World, a task run by the worker inside the web process, reload, Redis."""
-import os
 import shutil
 
 import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import Process, free_port, import_chapter, no_request_gets_a_server_error, wait_for
+from conftest import CLEAN_ENV, Process, free_port, import_chapter, no_request_gets_a_server_error, wait_for
 
 CHAPTER = "ch01_hello"
 
@@ -71,7 +70,7 @@ def test_uvicorn_reload_restarts_the_worker_too(chapter, chapter_env, tmp_path):
 
 
 def test_the_same_code_works_with_redis(chapter, redis_url):
-    env = {**os.environ, "CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url}
+    env = {**CLEAN_ENV, "CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url}
     with import_chapter(chapter, env) as main, TestClient(main.app) as client:
         assert main.celery.conf.broker_url == redis_url
         assert client.get("/add", params={"x": 20, "y": 22}).json() == {"20+22": 42}

