@@ -1,0 +1,42 @@
+"""Settings for each environment, as plain classes; FASTAPI_CONFIG picks one. Celery's keys start with CELERY_."""
+import os
+
+
+class BaseConfig:
+    DEBUG = False
+    CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+    CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/0")
+    CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": {"max_retries": 1}}  # no Redis: a 503 at once
+    CELERY_RESULT_EXTENDED = True  # a result keeps its task's retry count, for GET /tasks/{task_id}
+    CELERY_TASK_TRACK_STARTED = True  # the worker stores STARTED when a task starts: it is pushed like the others
+    CELERY_TASK_ACKS_LATE = True  # a task leaves Redis when it ends, not when it starts: a crash loses nothing
+    CELERY_TASK_REJECT_ON_WORKER_LOST = True  # and a task whose process was killed is queued again at once
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": 60,  # a task a dead worker held is handed out again after 60 s: > any countdown here
+        "unacked_restore_throttle": 1,  # and looked for every 10 s, not every 100 s
+    }
+
+
+class DevelopmentConfig(BaseConfig):
+    DEBUG = True  # tracebacks in 500 responses
+
+
+class ProductionConfig(BaseConfig):
+    pass
+
+
+class TestingConfig(BaseConfig):
+    CELERY_BROKER_URL = "memory://"
+    CELERY_RESULT_BACKEND = "cache+memory://"
+    CELERY_TASK_ALWAYS_EAGER = True  # .delay() runs the task right there: no broker, no worker
+    CELERY_TASK_STORE_EAGER_RESULT = True  # and keeps its result, for GET /tasks/{task_id}
+
+
+CONFIGS = {"development": DevelopmentConfig, "production": ProductionConfig, "testing": TestingConfig}
+
+
+def get_settings():
+    name = os.environ.get("FASTAPI_CONFIG", "development")
+    if name not in CONFIGS:
+        raise ValueError(f"FASTAPI_CONFIG={name!r}: use one of {', '.join(CONFIGS)}")
+    return CONFIGS[name]()

@@ -1,0 +1,231 @@
+"""ch06_websocket, in the order of its README: the diff, the messages a WebSocket client gets, many clients, a client
+that leaves, the page, and what chapter 5 had.
+
+Real clients (the websockets package and Chromium) talk to the reader's `uvicorn main:app`; the stand-in answers
+in 0.1 s here, so that a hundred tasks take seconds.
+"""
+import asyncio
+import json
+import uuid
+
+import httpx2
+import pytest
+import redis
+import websockets
+from websockets.sync.client import connect
+from playwright.sync_api import expect
+
+from conftest import (
+    assert_redis_down_then_back, free_port, no_request_gets_a_server_error, readme_has_current_diff, wait_for,
+)
+
+CHAPTER = "ch06_websocket"
+
+
+@pytest.fixture(scope="module")
+def chapter_env(chapter_env):
+    return chapter_env | {"THIRD_PARTY_DELAY": "0.1"}
+
+
+def address(kind=""):
+    return f"ann-{uuid.uuid4().hex[:6]}{kind}@example.com"
+
+
+def start(web, path, body):
+    return httpx2.post(f"{web}{path}", json=body).json()["task_id"]
+
+
+def messages(web, task_id, timeout=30):
+    """Every message the WebSocket of a task sends, until the server closes it; and how it closed."""
+    with connect(f"ws{web.removeprefix('http')}/ws/task_status/{task_id}", open_timeout=10) as socket:
+        received = []
+        try:
+            while True:
+                received.append(json.loads(socket.recv(timeout)))
+        except websockets.ConnectionClosedOK:
+            return received, socket.close_code
+
+
+def unavailable(chapter_env):
+    return f"HTTPError: 503 Server Error: Service Unavailable for url: {chapter_env['THIRD_PARTY_URL']}/subscribe"
+
+
+def test_readme_shows_the_current_diff(chapter):
+    assert readme_has_current_diff(chapter)
+
+
+def test_a_client_gets_success_then_the_server_closes(web, worker, third_party):
+    email = address()
+    task_id = start(web, "/subscribe", {"email": email})
+    received, code = messages(web, task_id)
+    assert received[-1] == {"task_id": task_id, "state": "SUCCESS", "retries": 0, "result": {"subscribed": email}, "error": None}
+    assert [message["state"] for message in received][-2:] == ["STARTED", "SUCCESS"]
+    assert code == 1000
+
+
+def test_a_client_gets_failure_then_the_server_closes(web, worker, third_party, chapter_env):
+    task_id = start(web, "/subscribe", {"email": address("+down")})
+    received, code = messages(web, task_id)
+    assert received[-1] == {"task_id": task_id, "state": "FAILURE", "retries": 3, "result": None, "error": unavailable(chapter_env)}
+    assert code == 1000
+
+
+def test_a_client_that_comes_after_the_end_gets_the_final_state(web, worker, third_party):
+    email = address()
+    task_id = start(web, "/subscribe", {"email": email})
+    wait_for(lambda: httpx2.get(f"{web}/tasks/{task_id}").json()["state"] == "SUCCESS", 15, "the task to end")
+    assert messages(web, task_id) == (
+        [{"task_id": task_id, "state": "SUCCESS", "retries": 0, "result": {"subscribed": email}, "error": None}], 1000,
+    )
+
+
+def listening_first(web, send):
+    """The messages of a client that connects before the task is sent (send(task_id) sends it)."""
+    task_id = str(uuid.uuid4())
+    with connect(f"ws{web.removeprefix('http')}/ws/task_status/{task_id}") as socket:
+        first = json.loads(socket.recv(10))
+        send(task_id)
+        received = [first]
+        try:
+            while True:
+                received.append(json.loads(socket.recv(15)))
+        except websockets.ConnectionClosedOK:
+            return received
+
+
+def test_a_client_that_comes_first_gets_every_state_in_order(main, web, worker, third_party, chapter_env):
+    email = address("+fail2")
+    received = listening_first(web, lambda task_id: main.subscribe.apply_async([email], task_id=task_id))
+    error = unavailable(chapter_env)
+    assert [(m["state"], m["retries"], m["error"]) for m in received] == [
+        ("PENDING", 0, None), ("STARTED", 0, None), ("RETRY", 1, error), ("STARTED", 1, None), ("RETRY", 2, error),
+        ("STARTED", 2, None), ("SUCCESS", 2, None),
+    ]
+    assert received[-1]["result"] == {"subscribed": email}
+
+
+def test_a_list_import_reports_its_progress(main, web, worker, third_party, chapter_env):
+    emails = [address(), address("+down"), address(), address()]
+    received = listening_first(web, lambda task_id: main.import_list.apply_async([emails], task_id=task_id))
+    assert [(m["state"], m["result"]) for m in received] == [("PENDING", None), ("STARTED", None)] + [
+        ("PROGRESS", {"done": done, "total": 4}) for done in range(1, 5)
+    ] + [("SUCCESS", {"subscribed": 3, "failed": [f"{emails[1]}: {unavailable(chapter_env).removeprefix('HTTPError: ')}"]})]
+
+
+def test_get_shows_the_same_json_started_included(web, worker, third_party):
+    task_id = start(web, "/import", {"emails": [address() for _ in range(10)]})  # ten calls: a second or so
+    assert wait_for(lambda: httpx2.get(f"{web}/tasks/{task_id}").json()["state"] in ("STARTED", "PROGRESS"), 15, "STARTED")
+    received, _ = messages(web, task_id)
+    assert httpx2.get(f"{web}/tasks/{task_id}").json() == received[-1]
+
+
+def test_a_hundred_clients_on_a_hundred_tasks_get_their_own_final_message(web, worker, third_party):
+    emails = [address() for _ in range(100)]
+    task_ids = [start(web, "/subscribe", {"email": email}) for email in emails]
+
+    async def listen(task_id):
+        async with websockets.connect(f"ws{web.removeprefix('http')}/ws/task_status/{task_id}") as socket:
+            return [json.loads(message) async for message in socket], socket.close_code
+
+    async def everyone():
+        return await asyncio.wait_for(asyncio.gather(*(listen(task_id) for task_id in task_ids)), 90)
+
+    for task_id, email, (received, code) in zip(task_ids, emails, asyncio.run(everyone())):
+        assert {message["task_id"] for message in received} == {task_id}
+        assert [message["state"] for message in received].count("SUCCESS") == 1
+        assert (received[-1]["result"], code) == ({"subscribed": email}, 1000)
+
+
+def test_several_clients_on_one_task_all_get_it(web, worker, third_party):
+    task_id = start(web, "/subscribe", {"email": address("+fail1")})
+
+    async def listen():
+        async with websockets.connect(f"ws{web.removeprefix('http')}/ws/task_status/{task_id}") as socket:
+            return [json.loads(message) async for message in socket][-1]
+
+    async def together():
+        return await asyncio.wait_for(asyncio.gather(*(listen() for _ in range(10))), 30)
+
+    finals = asyncio.run(together())
+    assert len(finals) == 10 and all(final == finals[0] for final in finals) and finals[0]["state"] == "SUCCESS"
+
+
+def test_a_client_that_leaves_early_leaves_no_subscription(web, redis_url):
+    server = redis.Redis.from_url(redis_url)
+    channel = f"celery-task-meta-{uuid.uuid4()}"
+
+    def subscribers():
+        return server.pubsub_numsub(channel)[0][1]
+
+    def subscribed_connections():
+        return sum(1 for client in server.client_list() if client["sub"] != "0")
+
+    before = subscribed_connections()
+    with connect(f"ws{web.removeprefix('http')}/ws/task_status/{channel.removeprefix('celery-task-meta-')}") as socket:
+        assert json.loads(socket.recv(10))["state"] == "PENDING"
+        wait_for(lambda: subscribers() == 1, 10, "the subscription")
+    wait_for(lambda: subscribers() == 0 and subscribed_connections() == before, 10, "the subscription to go")
+
+
+def test_bad_input_is_refused_with_fastapis_message(web):
+    too_many = httpx2.post(f"{web}/import", json={"emails": [address() for _ in range(11)]})
+    assert (too_many.status_code, too_many.json()["detail"][0]["msg"]) == (422, "List should have at most 10 items after validation, not 11")
+    not_one = httpx2.post(f"{web}/import", json={"emails": ["not-an-address"]})
+    assert not_one.json()["detail"][0]["msg"] == "value is not a valid email address: An email address must have an @-sign."
+
+
+def test_the_page_listens_and_makes_no_request_after_the_post(page, web, worker, third_party):
+    requested = []
+    page.on("request", lambda request: requested.append(f"{request.method} {request.url}"))
+    page.goto(f"{web}/form_ws")
+    states, bar = page.locator("#states"), page.locator("#progress")
+
+    page.fill("textarea", "\n".join(address() for _ in range(10)))
+    requested.clear()
+    page.click("#list button")
+    expect(states).to_contain_text("PROGRESS", timeout=15_000)
+    expect(bar).to_be_visible()
+    expect(states).to_contain_text('SUCCESS (retries: 0): {"subscribed":10,"failed":[]}', timeout=15_000)
+    expect(states).to_contain_text("socket closed (1000)")
+    assert bar.evaluate("bar => [bar.value, bar.max]") == [10, 10]
+    assert requested == [f"POST {web}/import"]
+
+    page.fill("input[name=email]", address("+fail2"))
+    page.click("#one button")
+    for text in ("STARTED", "RETRY 1: HTTPError: 503", "RETRY 2: HTTPError: 503", "SUCCESS (retries: 2)", "socket closed (1000)"):
+        expect(states).to_contain_text(text, timeout=15_000)
+    assert requested == [f"POST {web}/import", f"POST {web}/subscribe"]
+
+
+def test_chapter_5s_page_and_api_still_work(web, worker, third_party):
+    assert "setTimeout(resolve, 1000)" in httpx2.get(f"{web}/form").text  # the polling page, to compare
+    task_id = start(web, "/divide", {"x": 1, "y": 4})
+    assert messages(web, task_id, timeout=15)[0][-1]["result"] == 0.25
+
+
+def test_without_redis_the_socket_closes_saying_so(start):
+    port = free_port()
+    dead = f"redis://127.0.0.1:{port}/0"
+    web_port = free_port()
+    start("uvicorn", "main:app", "--port", str(web_port), env={"CELERY_BROKER_URL": dead, "CELERY_RESULT_BACKEND": dead})
+    wait_for(lambda: httpx2.get(f"http://127.0.0.1:{web_port}/").status_code == 200, 30, "the web app")
+    with pytest.raises(websockets.ConnectionClosedError) as closed:
+        with connect(f"ws://127.0.0.1:{web_port}/ws/task_status/any") as socket:
+            socket.recv(10)
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+        1011, f"Redis is unreachable: Error 111 connecting to 127.0.0.1:{port}. Connection refused.")
+
+
+def test_without_redis_the_api_says_so_and_recovers(chapter, chapter_env):
+    assert_redis_down_then_back(chapter, chapter_env)
+
+
+def test_no_request_gets_a_server_error(api_schema):
+    assert no_request_gets_a_server_error(api_schema)
+
+
+def test_run_all_runs_the_chapter(stack, redis_url):
+    ch06 = stack("6", REDIS_URL=redis_url)
+    ch06.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
+    assert f"    page     {ch06.web}/form\n    page     {ch06.web}/form_ws\n" in ch06.process.output
+    assert ch06.ctrl_c() == 130
