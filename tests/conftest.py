@@ -262,15 +262,36 @@ def web(start):
     return url
 
 
+def missing(what, how):
+    """Skip a test that needs something this machine lacks, saying how to get it; under CI=true, fail instead."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what}, and CI must run these tests: {how}")
+    pytest.skip(f"{what}; to run these tests: {how}")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url():
+    """A virtual host of the test session's own on the RabbitMQ at 127.0.0.1:5672 (guest/guest), deleted after."""
+    import kombu
+    how = "sudo apt install rabbitmq-server (Debian, Ubuntu) or brew install rabbitmq (macOS); rabbitmqctl must work for you"
+    try:
+        kombu.Connection("amqp://guest:guest@127.0.0.1:5672//", connect_timeout=3).ensure_connection(max_retries=1)
+    except Exception:
+        missing("no RabbitMQ at 127.0.0.1:5672", how)
+    vhost = f"tests-{uuid.uuid4().hex[:8]}"
+    if not shutil.which("rabbitmqctl") or subprocess.run(["rabbitmqctl", "add_vhost", vhost], capture_output=True).returncode:
+        missing("rabbitmqctl cannot make a virtual host here", how)
+    subprocess.run(["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], capture_output=True, check=True)
+    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args):
     """Playwright drives the Chromium installed on the machine (browser downloads are not needed)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
-        how = "sudo apt install chromium (Debian, Ubuntu), or brew install --cask chromium (macOS)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"no Chromium, and CI must run the browser tests: {how}")
-        pytest.skip(f"no Chromium to run the browser tests; to run them: {how}")
+        missing("no Chromium", "sudo apt install chromium (Debian, Ubuntu), or brew install --cask chromium (macOS)")
     return {**browser_type_launch_args, "executable_path": chromium}
 
 

@@ -7,6 +7,7 @@ in 0.1 s here, so that a hundred tasks take seconds.
 import asyncio
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx2
 import pytest
@@ -44,6 +45,12 @@ def messages(web, task_id, timeout=30):
                 received.append(json.loads(socket.recv(timeout)))
         except websockets.ConnectionClosedOK:
             return received, socket.close_code
+
+
+def run_async(coroutine):
+    """asyncio.run() in a thread of its own: once a browser test ran, Playwright keeps an event loop in this one."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def unavailable(chapter_env):
@@ -130,7 +137,7 @@ def test_a_hundred_clients_on_a_hundred_tasks_get_their_own_final_message(web, w
     async def everyone():
         return await asyncio.wait_for(asyncio.gather(*(listen(task_id) for task_id in task_ids)), 90)
 
-    for task_id, email, (received, code) in zip(task_ids, emails, asyncio.run(everyone())):
+    for task_id, email, (received, code) in zip(task_ids, emails, run_async(everyone())):
         assert {message["task_id"] for message in received} == {task_id}
         assert [message["state"] for message in received].count("SUCCESS") == 1
         assert (received[-1]["result"], code) == ({"subscribed": email}, 1000)
@@ -146,7 +153,7 @@ def test_several_clients_on_one_task_all_get_it(web, worker, third_party):
     async def together():
         return await asyncio.wait_for(asyncio.gather(*(listen() for _ in range(10))), 30)
 
-    finals = asyncio.run(together())
+    finals = run_async(together())
     assert len(finals) == 10 and all(final == finals[0] for final in finals) and finals[0]["state"] == "SUCCESS"
 
 

@@ -9,7 +9,7 @@ import httpx2
 import pytest
 import redis
 
-from conftest import ROOT, Process, find_redis_server, free_port, run_all, wait_for
+from conftest import CLEAN_ENV, ROOT, VENV_BIN, Process, find_redis_server, free_port, import_chapter, run_all, wait_for
 
 # Every ./run_all.sh ch03 reloads when a test saves a file of ch03: these run one after the other, in one process.
 CH03_STACK = pytest.mark.xdist_group("ch03_divide stacks")
@@ -178,3 +178,36 @@ def test_a_second_ctrl_c_stops_at_once(stack, redis_url):
     assert "run_all.sh: stopping at once" in ch03.process.output
     assert f"Task tasks.divide[{task_id}] succeeded" not in ch03.process.output
     assert ports_closed(*ch03.ports.values())
+
+
+@pytest.mark.parametrize("chapter", ["ch03_divide", "ch04_factory", "ch05_retry", "ch06_websocket"])
+def test_each_chapter_runs_unchanged_with_rabbitmq_as_the_broker(chapter, rabbitmq_url, redis_url):
+    env = CLEAN_ENV | {"CELERY_BROKER_URL": rabbitmq_url, "CELERY_RESULT_BACKEND": redis_url, "PATH": f"{VENV_BIN}:{CLEAN_ENV['PATH']}"}
+    worker = Process(["celery", "-A", "main.celery", "worker", "--loglevel=info"], ROOT / chapter, env)
+    try:
+        worker.wait_for_output(" ready.", timeout=30)
+        assert f"transport:   {rabbitmq_url.replace(':guest@', ':**@')}" in worker.output
+        with import_chapter(ROOT / chapter, env) as main:
+            assert main.divide.delay(1, 4).get(timeout=20) == 0.25
+    finally:
+        worker.stop()
+
+
+def test_three_workers_share_the_tasks_through_rabbitmq(stack, rabbitmq_url, redis_url):
+    ch05 = stack("5", CELERY_BROKER_URL=rabbitmq_url, REDIS_URL=redis_url, WORKERS="3", THIRD_PARTY_DELAY="0.1")
+    ch05.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
+    assert f"    broker   {rabbitmq_url.replace(':guest@', ':**@')}   (the tasks' queue" in ch05.process.output
+    emails = [f"user{n}@example.com" for n in range(30)]
+    task_ids = [httpx2.post(f"{ch05.web}/subscribe", json={"email": email}).json()["task_id"] for email in emails]
+
+    def results():
+        return [httpx2.get(f"{ch05.web}/tasks/{task_id}").json()["result"] for task_id in task_ids]
+    wait_for(lambda: results() == [{"subscribed": email} for email in emails], 60, "30 tasks to succeed")
+
+    took = {line[:6] for line in ch05.process.output.splitlines() if line.startswith("work-") and " succeeded in " in line}
+    assert len(took) >= 2  # of work-1, work-2, work-3
+    port = ch05.ports["WEB_PORT"]
+    wait_for(lambda: {name.split("@")[0] for name in httpx2.get(f"{ch05.flower}/api/workers").json()} ==
+             {f"web{port}-1", f"web{port}-2", f"web{port}-3"}, 30, "Flower to list the 3 workers")
+    assert ch05.ctrl_c() == 130
+    assert "waiting up to 60 s for the 3 workers' running tasks to finish" in ch05.process.output
