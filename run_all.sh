@@ -21,6 +21,8 @@ Usage: ./run_all.sh CHAPTER          run the chapter: Redis, worker and web app 
        ./run_all.sh test [ARGS]      run the test suite (ARGS go to pytest)
        ./run_all.sh shell CHAPTER    a Python shell inside the chapter, its main module imported
        ./run_all.sh diff CHAPTER     what the chapter changed since the chapter before (its .py and .html files)
+       ./run_all.sh bench [NAME]     run the benchmarks, or the one named (enqueue, responsive, push, startup);
+                                     --short: a quick pass of each
 
 CHAPTER is a folder name, or just its number: ch03_divide, ch03 and 3 are the same.
 EOF
@@ -113,9 +115,10 @@ stop() {  # stop SECONDS PID...: SIGTERM to each process (it stops its own child
   for pid; do kill -KILL -- "-$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
 }
 
-stop_all() {  # the workers first, warm and all at once; then the rest, newest first
+stop_all() {  # the workers first, warm; then the rest but Redis, which goes last: each group all at once
   set +e  # on the way out nothing may stop the stopping: a process already gone, a closed pipe (| tee)
   trap '' PIPE TERM
+  [[ ${1:-} == --newline ]] && echo  # after the ^C the terminal shows
   trap 'FORCE=1; echo " run_all.sh: stopping at once" >&2' INT
   local i workers=()
   for ((i = 0; i < ${#PIDS[@]}; i++)); do  # watchfiles would give a worker 5 s: stop its celery first
@@ -126,10 +129,16 @@ stop_all() {  # the workers first, warm and all at once; then the rest, newest f
     ((FORCE)) || echo "run_all.sh: waiting up to $WORKER_STOP_SECONDS s for $whose running tasks to finish (Ctrl+C again to stop at once)"
     stop "$WORKER_STOP_SECONDS" "${workers[@]}"
   fi
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    running "${PIDS[i]}" || continue
-    echo "run_all.sh: stopping ${NAMES[i]}"
-    stop 10 "${PIDS[i]}"
+  local pass name pids
+  for pass in others redis; do
+    pids=()
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+      name=${NAMES[i]}
+      [[ $pass == redis && $name == redis || $pass != redis && $name != redis ]] && running "${PIDS[i]}" || continue
+      echo "run_all.sh: stopping $name"
+      pids+=("${PIDS[i]}")
+    done
+    ((${#pids[@]} == 0)) || stop 10 "${pids[@]}"
   done
 }
 
@@ -145,10 +154,11 @@ deadline, checks = time.monotonic() + float(sys.argv[2]), dict(a.split("=", 1) f
 
 def answers(check):
     if check.startswith("celery:"):  # celery:NODE,...: each of these workers answers a ping through the broker
-        sys.path.insert(0, os.getcwd())
-        from main import celery
-        answered = {name.split("@")[0] for reply in celery.control.ping(timeout=0.5) for name in reply}
-        return answered >= set(check.removeprefix("celery:").split(","))
+        from celery import Celery
+        from celery.utils.nodenames import host_format
+        nodes = [host_format(f"{node}@%h") for node in check.removeprefix("celery:").split(",")]
+        control = Celery(broker=os.environ["CELERY_BROKER_URL"]).control
+        return len(control.ping(destination=nodes, timeout=0.5, limit=len(nodes))) == len(nodes)
     if check.startswith("redis"):
         import redis
         return redis.Redis.from_url(check, socket_timeout=1).ping()
@@ -197,7 +207,7 @@ run_chapter() {
   local ch=$1 web_port flower_port third_party_port="" redis_note="" host port server
   ensure_venv requirements.txt
   export PATH=$VENV/bin:$PATH PYTHONUNBUFFERED=1
-  trap 'echo; stop_all; exit 130' INT
+  trap 'stop_all --newline; exit 130' INT
   trap 'stop_all; exit 143' TERM
   local shell_hint; shell_hint=$(carried REDIS_URL CELERY_BROKER_URL)
   local workers=${WORKERS:-1} n
@@ -243,7 +253,7 @@ print(url.hostname or "127.0.0.1", url.port or 6379)' "$REDIS_URL")
       local name=worker node=web$web_port
       ((workers == 1)) || name=work-$n node=web$web_port-$n
       start "$name" watchfiles --filter python --sigint-timeout "$WORKER_STOP_SECONDS" \
-        "celery -A main.celery worker --loglevel=info -E -n $node@%h"
+        "celery -A main.celery worker --loglevel=info -E -n $node@%h --without-mingle"
       nodes+=${nodes:+,}$node
     done
     wait_ready 90 worker="celery:$nodes" || { stop_all; exit 1; }
@@ -303,6 +313,18 @@ print('Python', __import__('sys').version.split()[0], 'in $ch, after: from main 
 print('Names:', ', '.join(name for name in sorted(globals()) if not name.startswith('_')))"
 }
 
+run_bench() {  # run_bench [NAME...] [--short]
+  ensure_venv requirements.txt
+  export PATH=$VENV/bin:$PATH
+  local all=(enqueue responsive push startup) names=() name
+  for name; do [[ $name == --short ]] || names+=("$name"); done
+  for name in "${names[@]:-${all[@]}}"; do
+    [[ -f $ROOT/bench/$name.py ]] || die "no benchmark '$name'; the benchmarks are: ${all[*]}"
+    echo "== bench/$name.py"
+    "$PY" "$ROOT/bench/$name.py" "$@" || die "bench/$name.py failed"
+  done
+}
+
 label() { if [[ -e $1 ]]; then echo "$1"; else echo /dev/null; fi; }  # a file new in (or gone from) a chapter
 
 show_diff() {
@@ -317,6 +339,7 @@ show_diff() {
 case ${1:-} in
   "" | -h | --help | help) usage ;;
   test) shift; run_tests "$@" ;;
+  bench) shift; run_bench "$@" ;;
   shell | diff)
     [[ $# -eq 2 ]] || die "usage: ./run_all.sh $1 CHAPTER"
     ch=$(resolve "$2") || exit 1

@@ -7,7 +7,7 @@ import asyncio
 from contextlib import asynccontextmanager
 
 from celery.states import READY_STATES
-from fastapi import APIRouter, FastAPI, Request, WebSocket
+from fastapi import APIRouter, FastAPI, Request, WebSocket, WebSocketDisconnect
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -65,8 +65,11 @@ async def ws_task_status(websocket: WebSocket, task_id: str):
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)  # ended before the subscription is
-    if pushing in done:
-        if isinstance(pushing.exception(), RedisConnectionError):
-            return await websocket.close(1011, f"Redis is unreachable: {pushing.exception()}"[:123])
-        pushing.result()  # any other error is raised: the server logs it and closes the socket with 1011
-        await websocket.close()  # after SUCCESS or FAILURE
+    try:
+        if pushing in done:
+            if isinstance(pushing.exception(), RedisConnectionError):
+                return await websocket.close(1011, f"Redis is unreachable: {pushing.exception()}"[:123])
+            pushing.result()  # any other error is raised: the server logs it and closes the socket with 1011
+            await websocket.close()  # after SUCCESS or FAILURE
+    except WebSocketDisconnect:  # the client went at the same moment: there is nothing left to close
+        pass

@@ -252,12 +252,16 @@ def third_party(start, chapter_env):
     return process
 
 
+class Served(str):
+    """A base URL, and the process that serves it (.process)."""
+
+
 @pytest.fixture(scope="module")
 def web(start):
     """The reader's `uvicorn main:app` on a free port; its base URL once it answers."""
     port = free_port()
-    start("uvicorn", "main:app", "--port", str(port))
-    url = f"http://127.0.0.1:{port}"
+    url = Served(f"http://127.0.0.1:{port}")
+    url.process = start("uvicorn", "main:app", "--port", str(port))
     wait_for(lambda: url_answers(f"{url}/"), 30, "the web app")
     return url
 
@@ -400,7 +404,7 @@ def tagged_processes(tag):
 class Stack:
     """./run_all.sh CHAPTER on a pseudo-terminal of its own, its controlling terminal, as a reader's terminal runs it."""
 
-    def __init__(self, chapter, **env):
+    def __init__(self, chapter, piped_to=None, **env):
         self.ports = {"WEB_PORT": free_port(), "FLOWER_PORT": free_port(), "THIRD_PARTY_PORT": free_port()}
         env = CLEAN_ENV | env
         env |= {name: str(port) for name, port in self.ports.items()}
@@ -409,8 +413,11 @@ class Stack:
         self.web = f"http://127.0.0.1:{self.ports['WEB_PORT']}"
         self.flower = f"http://127.0.0.1:{self.ports['FLOWER_PORT']}"
         self.terminal, tty = os.openpty()
+        command = [str(ROOT / "run_all.sh"), chapter]
+        if piped_to:  # ./run_all.sh CHAPTER | piped_to, typed at a shell's prompt: one process group for all
+            command = ["bash", "-c", f"{command[0]} {chapter} 2>&1 | {piped_to}"]
         proc = subprocess.Popen(
-            [str(ROOT / "run_all.sh"), chapter], cwd=ROOT, env=env, stdin=tty, stdout=tty, stderr=tty,
+            command, cwd=ROOT, env=env, stdin=tty, stdout=tty, stderr=tty,
             start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
         )
         os.close(tty)
@@ -429,6 +436,16 @@ class Stack:
                 break
             self.process.lines.append(data.decode(errors="replace").replace("\r\n", "\n"))
 
+    def wait_until_running(self, task_id, timeout=15):
+        """Until a worker runs the task: received is not enough, a warm shutdown waits only for tasks it has started."""
+        from celery import Celery
+        control = Celery(broker=self.env.get("CELERY_BROKER_URL", self.env["REDIS_URL"])).control
+
+        def running():
+            active = control.inspect(timeout=0.5).active() or {}
+            return any(task["id"] == task_id for tasks in active.values() for task in tasks)
+        wait_for(running, timeout, f"task {task_id} to start")
+
     def ctrl_c(self, timeout=90):
         """Type Ctrl+C: the terminal sends SIGINT to its foreground process group, whichever that is."""
         os.write(self.terminal, b"\x03")
@@ -443,11 +460,11 @@ class Stack:
 
 @pytest.fixture
 def stack():
-    """stack(chapter, **env): ./run_all.sh chapter, stopped with Ctrl+C at the end if it still runs."""
+    """stack(chapter, piped_to=None, **env): ./run_all.sh chapter, stopped with Ctrl+C at the end if it still runs."""
     stacks = []
 
-    def start(chapter, **env):
-        stacks.append(Stack(chapter, **env))
+    def start(chapter, piped_to=None, **env):
+        stacks.append(Stack(chapter, piped_to, **env))
         return stacks[-1]
 
     yield start

@@ -157,6 +157,24 @@ def test_several_clients_on_one_task_all_get_it(web, worker, third_party):
     assert len(finals) == 10 and all(final == finals[0] for final in finals) and finals[0]["state"] == "SUCCESS"
 
 
+def test_clients_that_close_first_are_no_error(web, worker, third_party, redis_url):
+    task_ids = [start(web, "/subscribe", {"email": address()}) for _ in range(20)]
+
+    async def close_at_the_end(task_id):  # the client closes the socket as soon as it has the final state
+        async with websockets.connect(f"ws{web.removeprefix('http')}/ws/task_status/{task_id}") as socket:
+            async for message in socket:
+                if json.loads(message)["state"] == "SUCCESS":
+                    return
+
+    async def together():
+        await asyncio.wait_for(asyncio.gather(*(close_at_the_end(task_id) for task_id in task_ids)), 30)
+
+    run_async(together())
+    server = redis.Redis.from_url(redis_url)
+    wait_for(lambda: all(n == 0 for _, n in server.pubsub_numsub(*(f"celery-task-meta-{t}" for t in task_ids))), 10, "no subscriber")
+    assert "Exception in ASGI application" not in web.process.output
+
+
 def test_a_client_that_leaves_early_leaves_no_subscription(web, redis_url):
     server = redis.Redis.from_url(redis_url)
     channel = f"celery-task-meta-{uuid.uuid4()}"

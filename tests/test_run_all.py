@@ -1,4 +1,5 @@
 """run_all.sh, in the order of the top README: usage, a chapter's whole stack, shell, diff, errors, the embedded Redis."""
+import json
 import os
 import signal
 import socket
@@ -41,7 +42,7 @@ def test_chapter_3_starts_its_own_redis_and_ctrl_c_stops_everything(stack):
     assert httpx2.get(ch03.flower).status_code == 200
 
     task_id = httpx2.post(f"{ch03.web}/divide", json={"x": 1, "y": 4}).json()["task_id"]
-    ch03.process.wait_for_output(f"Task tasks.divide[{task_id}] received", timeout=10)
+    ch03.wait_until_running(task_id)
     assert ch03.ctrl_c() == 130  # while the task runs: the worker finishes it before it stops
     assert f"Task tasks.divide[{task_id}] succeeded" in ch03.process.output
     for name in ("web", "flower", "worker", "redis"):
@@ -167,11 +168,24 @@ def test_ctrl_c_during_start_up_stops_everything(stack, moment):
 
 
 @CH03_STACK
+def test_ctrl_c_stops_everything_when_the_output_is_piped(stack, redis_url, tmp_path):
+    log = tmp_path / "run.log"
+    ch03 = stack("3", piped_to=f"tee {log}", REDIS_URL=redis_url)  # Ctrl+C stops tee too: the script writes to nothing
+    ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
+    task_id = httpx2.post(f"{ch03.web}/divide", json={"x": 1, "y": 8}).json()["task_id"]
+    ch03.wait_until_running(task_id)
+    assert ch03.ctrl_c() == 130
+    assert ports_closed(*ch03.ports.values())
+    result = redis.Redis.from_url(redis_url).get(f"celery-task-meta-{task_id}")
+    assert json.loads(result)["result"] == 0.125  # the worker still stopped warm, finishing its task
+
+
+@CH03_STACK
 def test_a_second_ctrl_c_stops_at_once(stack, redis_url):
     ch03 = stack("3", REDIS_URL=redis_url)
     ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
     task_id = httpx2.post(f"{ch03.web}/divide", json={"x": 1, "y": 4}).json()["task_id"]
-    ch03.process.wait_for_output(f"Task tasks.divide[{task_id}] received", timeout=10)
+    ch03.wait_until_running(task_id)
     ch03.ctrl_c(timeout=None)
     ch03.process.wait_for_output("for the worker's running tasks to finish (Ctrl+C again to stop at once)", timeout=20)
     assert ch03.ctrl_c(timeout=15) == 130
@@ -211,3 +225,24 @@ def test_three_workers_share_the_tasks_through_rabbitmq(stack, rabbitmq_url, red
              {f"web{port}-1", f"web{port}-2", f"web{port}-3"}, 30, "Flower to list the 3 workers")
     assert ch05.ctrl_c() == 130
     assert "waiting up to 60 s for the 3 workers' running tasks to finish" in ch05.process.output
+
+
+def test_with_rabbitmq_a_killed_workers_task_comes_back_at_once(rabbitmq_url, redis_url):
+    """Real acknowledgements: the task of a worker killed mid-task goes to the next worker, with no visibility_timeout."""
+    env = CLEAN_ENV | {"CELERY_BROKER_URL": rabbitmq_url, "CELERY_RESULT_BACKEND": redis_url, "PATH": f"{VENV_BIN}:{CLEAN_ENV['PATH']}"}
+    command = ["celery", "-A", "main.celery", "worker", "--loglevel=info"]
+    first = Process(command + ["-n", "first@%h"], ROOT / "ch05_retry", env, start_new_session=True)
+    second = None
+    try:
+        first.wait_for_output(" ready.", timeout=30)
+        with import_chapter(ROOT / "ch05_retry", env) as main:
+            task = main.divide.delay(1, 2)  # five seconds of work
+            first.wait_for_output(f"Task tasks.divide[{task.id}] received", timeout=10)
+            os.killpg(first.proc.pid, signal.SIGKILL)
+            second = Process(command + ["-n", "second@%h"], ROOT / "ch05_retry", env)
+            assert task.get(timeout=30) == 0.5  # within seconds, where Redis would wait out a minute
+            assert f"Task tasks.divide[{task.id}] received" in second.output
+    finally:
+        for process in (first, second):
+            if process:
+                process.stop()

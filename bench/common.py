@@ -1,0 +1,184 @@
+"""What every benchmark needs: its own Redis, the chapter's processes, a load generator, and a table to print.
+
+Every figure a benchmark prints is measured in the same run as the figure it is compared with, so ratios hold on
+a busy or slow machine; the absolute numbers are printed beside them with the machine they were measured on.
+"""
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = "--short" in sys.argv  # one quick pass, to show that the benchmark still runs (CI)
+BIN = Path(sys.executable).parent
+
+
+def machine():
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, timeout, what):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        if time.monotonic() > deadline:
+            sys.exit(f"bench: no {what} after {timeout} s")
+        time.sleep(0.05)
+
+
+def answers(url):
+    import urllib.request
+    return urllib.request.urlopen(url, timeout=2).status == 200
+
+
+def chapter_env(redis_url, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "FASTAPI_", "THIRD_PARTY_", "RETRY_"))}
+    return env | {"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "CELERY_BROKER_URL": redis_url,
+                  "CELERY_RESULT_BACKEND": redis_url, "PYTHONUNBUFFERED": "1"} | extra
+
+
+@contextmanager
+def started(args, cwd=ROOT, env=None, log=None):
+    """A process for the length of the block, its output in `log` (a file) or thrown away; stopped after."""
+    out = open(log, "w") if log else subprocess.DEVNULL
+    process = subprocess.Popen(args, cwd=cwd, env=env or os.environ, stdout=out, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if log:
+            out.close()
+
+
+@contextmanager
+def redis_server():
+    """A Redis of the benchmark's own, on a free port, keeping nothing."""
+    server = shutil.which("redis-server") or str(BIN / "redis-server")
+    port = free_port()
+    with started([server, "--port", str(port), "--save", "", "--appendonly", "no"]):
+        import redis
+        wait_until(lambda: redis.Redis(port=port).ping(), 10, "Redis")
+        yield f"redis://127.0.0.1:{port}/0"
+
+
+@contextmanager
+def web(chapter, env, *args):
+    """The reader's `uvicorn main:app`, on a free port, with its access log off (the log would be measured too)."""
+    port = free_port()
+    with started(["uvicorn", "main:app", "--port", str(port), "--no-access-log", *args], ROOT / chapter, env):
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: answers(f"{url}/"), 30, f"{chapter}'s web app")
+        yield url
+
+
+@contextmanager
+def worker(chapter, env, *args):
+    log = f"/tmp/bench-worker-{os.getpid()}.log"
+    with started(["celery", "-A", "main.celery", "worker", "--loglevel=warning", "--without-mingle", *args],
+                 ROOT / chapter, env, log=log):
+        from celery import Celery
+        control = Celery(broker=env["CELERY_BROKER_URL"]).control
+        wait_until(lambda: control.ping(timeout=0.5), 30, "worker")
+        yield
+
+
+def wrk(url, connections, seconds, body=None):
+    """Requests a second and latency percentiles (ms) of `wrk` against url; a POST of `body` (JSON) if given."""
+    if not shutil.which("wrk"):
+        sys.exit("bench: needs wrk, the HTTP load generator: sudo apt install wrk (Debian, Ubuntu), brew install wrk (macOS)")
+    script = []
+    if body:
+        script = ["-s", str(Path(__file__).with_name("post.lua"))]
+    env = os.environ | {"WRK_BODY": body or ""}
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "60s", "--latency", *script, url],
+                         capture_output=True, text=True, env=env, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])
+    percentiles = {int(p): to_ms(v, unit) for p, v, unit in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        sys.exit(f"bench: {errors[1]} requests to {url} failed:\n{out}")
+    if not percentiles:  # none answered: their latency is beyond the run
+        return 0.0, float("inf"), float("inf")
+    return rate, percentiles[50], percentiles[99]
+
+
+def to_ms(value, unit):
+    return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+
+def percentile(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+
+
+def table(title, header, rows):
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+    print(f"\n{title}\n")
+    print(line(header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print(line(row))
+    print()
+
+
+def post_at_rate(url, body, rate, seconds):
+    """POST `body` to url `rate` times a second for `seconds`, whatever the answers take (as users would: they do
+    not wait for each other); in a thread of its own. Returns a function that stops it and gives the number answered."""
+    import asyncio
+    import threading
+    from urllib.parse import urlsplit
+
+    split, answered, sent = urlsplit(url), [], []
+    request = (f"POST {split.path} HTTP/1.1\r\nHost: {split.netloc}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}").encode()
+
+    async def one():
+        reader, writer = await asyncio.open_connection(split.hostname, split.port)
+        writer.write(request)
+        if (await reader.read()).startswith(b"HTTP/1.1 200"):
+            answered.append(1)
+        writer.close()
+
+    async def users():
+        start = time.monotonic()
+        while (elapsed := time.monotonic() - start) < seconds:
+            sent.append(asyncio.ensure_future(one()))
+            await asyncio.sleep(max(0, len(sent) / rate - elapsed))
+        await asyncio.sleep(0.5)  # answers already on their way
+        for task in sent:
+            task.cancel()
+
+    thread = threading.Thread(target=asyncio.run, args=(users(),), daemon=True)
+    thread.start()
+
+    def stop():
+        thread.join()
+        return len(answered)
+    return stop
