@@ -7,6 +7,7 @@ import importlib
 import itertools
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -45,9 +46,16 @@ schemathesis.openapi.format("email", strategies.emails(domains=strategies.just("
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, below the range the kernel hands out for bind(0) and outgoing connections: a
+    port a test lets go of (to restart what listens on it) is then not soon taken by another test running beside."""
+    while True:
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def wait_for(check, timeout, what):

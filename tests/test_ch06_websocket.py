@@ -17,7 +17,7 @@ from websockets.sync.client import connect
 from playwright.sync_api import expect
 
 from conftest import (
-    assert_redis_down_then_back, free_port, no_request_gets_a_server_error, readme_has_current_diff, wait_for,
+    CLEAN_ENV, ROOT, Process, assert_redis_down_then_back, find_redis_server, free_port, no_request_gets_a_server_error, readme_has_current_diff, wait_for,
 )
 
 CHAPTER = "ch06_websocket"
@@ -229,16 +229,24 @@ def test_chapter_5s_page_and_api_still_work(web, worker, third_party):
 
 
 def test_without_redis_the_socket_closes_saying_so(start):
-    port = free_port()
-    dead = f"redis://127.0.0.1:{port}/0"
-    web_port = free_port()
-    start("uvicorn", "main:app", "--port", str(web_port), env={"CELERY_BROKER_URL": dead, "CELERY_RESULT_BACKEND": dead})
+    port, web_port = free_port(), free_port()
+    server = Process([find_redis_server(), "--port", str(port), "--save", "", "--appendonly", "no"], ROOT, CLEAN_ENV)
+    url = f"redis://127.0.0.1:{port}/0"
+    start("uvicorn", "main:app", "--port", str(web_port), env={"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url})
     wait_for(lambda: httpx2.get(f"http://127.0.0.1:{web_port}/").status_code == 200, 30, "the web app")
+    unreachable = (1011, f"Redis is unreachable: Error 111 connecting to 127.0.0.1:{port}. Connection refused.")
+
     with pytest.raises(websockets.ConnectionClosedError) as closed:
         with connect(f"ws://127.0.0.1:{web_port}/ws/task_status/any") as socket:
+            assert json.loads(socket.recv(10))["state"] == "PENDING"
+            server.stop()  # Redis goes away while the socket is open
             socket.recv(10)
-    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
-        1011, f"Redis is unreachable: Error 111 connecting to 127.0.0.1:{port}. Connection refused.")
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == unreachable
+
+    with pytest.raises(websockets.ConnectionClosedError) as closed:  # and a socket opened meanwhile
+        with connect(f"ws://127.0.0.1:{web_port}/ws/task_status/any") as socket:
+            socket.recv(10)
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == unreachable
 
 
 def test_without_redis_the_api_says_so_and_recovers(chapter, chapter_env):

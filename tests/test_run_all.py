@@ -49,10 +49,11 @@ def test_chapter_3_starts_its_own_redis_and_ctrl_c_stops_everything(stack):
         assert f"run_all.sh: stopping {name}\n" in ch03.process.output
     assert ports_closed(redis_port, *ch03.ports.values())
 
-    data = ROOT / ".redis" / str(redis_port)  # the result outlives that Redis: the next one reads it back
-    server = Process([find_redis_server(), "--port", str(redis_port), "--appendonly", "yes", "--dir", str(data)], ROOT, os.environ)
+    data = ROOT / ".redis" / str(redis_port)  # the result outlives that Redis: another one reads it back
+    port = free_port()
+    server = Process([find_redis_server(), "--port", str(port), "--appendonly", "yes", "--dir", str(data)], ROOT, os.environ)
     try:
-        wait_for(lambda: redis.Redis(port=redis_port).exists(f"celery-task-meta-{task_id}"), 10, "the stored result")
+        wait_for(lambda: redis.Redis(port=port).exists(f"celery-task-meta-{task_id}"), 10, "the stored result")
     finally:
         server.stop()
 
