@@ -57,11 +57,10 @@ def chapter_env(redis_url, **extra):
 
 
 @contextmanager
-def started(args, cwd=ROOT, env=None, log=None):
-    """A process for the length of the block, its output in `log` (a file) or thrown away; stopped after."""
-    out = open(log, "w") if log else subprocess.DEVNULL
-    process = subprocess.Popen(args, cwd=cwd, env=env or os.environ, stdout=out, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+def started(args, cwd=ROOT, env=None):
+    """A process for the length of the block, its output thrown away; stopped after, with its children."""
+    process = subprocess.Popen(args, cwd=cwd, env=env or os.environ, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
         yield process
     finally:
@@ -72,8 +71,6 @@ def started(args, cwd=ROOT, env=None, log=None):
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-        if log:
-            out.close()
 
 
 @contextmanager
@@ -88,20 +85,31 @@ def redis_server():
 
 
 @contextmanager
-def web(chapter, env, *args):
-    """The reader's `uvicorn main:app`, on a free port, with its access log off (the log would be measured too)."""
-    port = free_port()
-    with started(["uvicorn", "main:app", "--port", str(port), "--no-access-log", *args], ROOT / chapter, env):
+def web(chapter, env, app="main:app"):
+    """uvicorn serving the chapter's app, or a variant of it from bench/ (enqueue_app:app...), with no access log
+    (it would be measured too); its base URL once it answers."""
+    port, folder = free_port(), ROOT / chapter
+    command = ["uvicorn", app, "--app-dir", str(ROOT / "bench" if app != "main:app" else folder)]
+    with started([*command, "--port", str(port), "--no-access-log"], folder, env | {"PYTHONPATH": str(folder)}):
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: answers(f"{url}/"), 30, f"{chapter}'s web app")
         yield url
 
 
 @contextmanager
+def stand_in(chapter, env):
+    """Chapter 5's email service, as the reader starts it, at env's THIRD_PARTY_URL."""
+    url = env["THIRD_PARTY_URL"]
+    with started(["uvicorn", "third_party:app", "--port", url.rsplit(":", 1)[1], "--no-access-log"], ROOT / chapter, env):
+        wait_until(lambda: answers(f"{url}/openapi.json"), 30, "the email service's stand-in")
+        yield
+
+
+@contextmanager
 def worker(chapter, env, *args):
-    log = f"/tmp/bench-worker-{os.getpid()}.log"
+    """The reader's worker command, once it answers a ping."""
     with started(["celery", "-A", "main.celery", "worker", "--loglevel=warning", "--without-mingle", *args],
-                 ROOT / chapter, env, log=log):
+                 ROOT / chapter, env):
         from celery import Celery
         control = Celery(broker=env["CELERY_BROKER_URL"]).control
         wait_until(lambda: control.ping(timeout=0.5), 30, "worker")

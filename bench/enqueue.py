@@ -7,7 +7,7 @@ import subprocess
 import sys
 from contextlib import contextmanager
 
-from common import ROOT, SHORT, answers, chapter_env, free_port, machine, redis_server, started, table, wait_until, wrk
+from common import ROOT, SHORT, chapter_env, machine, redis_server, table, web, wrk
 
 CHAPTER = ROOT / "ch03_divide"
 SECONDS = 1 if SHORT else 3
@@ -53,11 +53,7 @@ def rabbitmq():
 
 
 def measure(env):
-    port = free_port()
-    app = ["uvicorn", "enqueue_app:app", "--app-dir", str(ROOT / "bench"), "--port", str(port), "--no-access-log"]
-    with started(app, CHAPTER, env | {"PYTHONPATH": str(CHAPTER)}):
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: answers(f"{url}/"), 30, "web app")
+    with web("ch03_divide", env, "enqueue_app:app") as url:
         rows = {
             "GET / (c20)": wrk(f"{url}/", 20, SECONDS),
             "POST /divide (c1)": wrk(f"{url}/divide", 1, SECONDS, BODY),

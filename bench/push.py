@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 import websockets
 
-from common import ROOT, SHORT, answers, chapter_env, free_port, machine, percentile, redis_server, started, table, wait_until, worker
+from common import ROOT, SHORT, chapter_env, free_port, machine, percentile, redis_server, stand_in, table, web, worker
 
 CHAPTER = ROOT / "ch06_websocket"
 WATCHERS = (1, 100) if SHORT else (1, 100, 1000)
@@ -88,13 +88,9 @@ def ended_at(meta):
 def main():
     print(f"Machine: {machine()}")
     with redis_server() as redis_url:
-        stand_in, port = free_port(), free_port()
-        env = chapter_env(redis_url, THIRD_PARTY_URL=f"http://127.0.0.1:{stand_in}", THIRD_PARTY_DELAY="1")
-        with started(["uvicorn", "third_party:app", "--port", str(stand_in), "--no-access-log"], CHAPTER, env), \
-                started(["uvicorn", "main:app", "--port", str(port), "--no-access-log"], CHAPTER, env), \
-                worker(CHAPTER, env, "--pool=threads", f"--concurrency={TASKS}"):
-            wait_until(lambda: answers(f"http://127.0.0.1:{port}/") and answers(f"http://127.0.0.1:{stand_in}/openapi.json"),
-                       30, "web app")
+        env = chapter_env(redis_url, THIRD_PARTY_URL=f"http://127.0.0.1:{free_port()}", THIRD_PARTY_DELAY="1")
+        with stand_in(CHAPTER, env), web(CHAPTER, env) as url, worker(CHAPTER, env, "--pool=threads", f"--concurrency={TASKS}"):
+            port = int(url.rsplit(":", 1)[1])
             from celery import Celery
             celery = Celery(broker=redis_url, backend=redis_url)
             rows = []

@@ -3,9 +3,7 @@
 Run: ./run_all.sh bench responsive. Chapter 5's app, its stand-in answering after 1 s, one worker: GET / (async) and
 GET /tasks/{id} (a plain def, in the thread pool, reading Redis) are timed while other clients keep the app busy.
 """
-from common import (
-    ROOT, SHORT, answers, chapter_env, free_port, machine, post_at_rate, redis_server, started, table, wait_until, worker, wrk,
-)
+from common import ROOT, SHORT, chapter_env, free_port, machine, post_at_rate, redis_server, stand_in, table, web, worker, wrk
 
 CHAPTER = ROOT / "ch05_retry"
 SECONDS = 2 if SHORT else 5
@@ -22,14 +20,8 @@ LOADS = {  # what other users do meanwhile
 def main():
     print(f"Machine: {machine()}")
     with redis_server() as redis_url:
-        stand_in = free_port()
-        env = chapter_env(redis_url, THIRD_PARTY_URL=f"http://127.0.0.1:{stand_in}", THIRD_PARTY_DELAY="1")
-        port = free_port()
-        app = ["uvicorn", "responsive_app:app", "--app-dir", str(ROOT / "bench"), "--port", str(port), "--no-access-log"]
-        with started(["uvicorn", "third_party:app", "--port", str(stand_in), "--no-access-log"], CHAPTER, env), \
-                started(app, CHAPTER, env | {"PYTHONPATH": str(CHAPTER)}), worker(CHAPTER, env):
-            url = f"http://127.0.0.1:{port}"
-            wait_until(lambda: answers(f"{url}/") and answers(f"http://127.0.0.1:{stand_in}/openapi.json"), 30, "web app")
+        env = chapter_env(redis_url, THIRD_PARTY_URL=f"http://127.0.0.1:{free_port()}", THIRD_PARTY_DELAY="1")
+        with stand_in(CHAPTER, env), web(CHAPTER, env, "responsive_app:app") as url, worker(CHAPTER, env):
             rows = {}
             for name, path in LOADS.items():
                 stop = post_at_rate(url + path, BODY, RATE, 2 * SECONDS) if path else (lambda: None)
