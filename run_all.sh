@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One command per job: run a chapter's whole stack in one terminal, run the tests, open a shell in a
-# chapter, or show what a chapter changed. `./run_all.sh` alone prints the usage and the chapters.
+# One command per job: run a chapter's whole stack in one terminal, run the tests or the benchmarks, open a shell
+# in a chapter, or show what a chapter changed. `./run_all.sh` alone prints the usage and the chapters.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -265,8 +265,7 @@ print(url.hostname or "127.0.0.1", url.port or 6379)' "$REDIS_URL")
   local banner="
   $ch is running:
     web      http://127.0.0.1:$web_port/   (API docs: /docs, needs internet; /openapi.json works offline)"
-  local page
-  for page in $(sed -n 's/^@router.get("\(\/form[a-z_]*\)".*/\1/p' main.py); do banner+="
+  local page; for page in $(sed -n 's/^@router.get("\(\/form[a-z_]*\)".*/\1/p' main.py); do banner+="
     page     http://127.0.0.1:$web_port$page"; done
   [[ -z $third_party_port ]] || banner+="
     3rd      $THIRD_PARTY_URL   (the email service's stand-in: it answers after ${THIRD_PARTY_DELAY:-5} s)"
@@ -318,7 +317,7 @@ run_bench() {  # run_bench [NAME...] [--short]
   export PATH=$VENV/bin:$PATH
   local all=(enqueue responsive push startup) names=() name
   for name; do [[ $name == --short ]] || names+=("$name"); done
-  for name in "${names[@]:-${all[@]}}"; do
+  for name in "${names[@]:-${all[@]}}"; do  # each gets every argument: --short, and names it ignores
     [[ -f $ROOT/bench/$name.py ]] || die "no benchmark '$name'; the benchmarks are: ${all[*]}"
     echo "== bench/$name.py"
     "$PY" "$ROOT/bench/$name.py" "$@" || die "bench/$name.py failed"

@@ -48,8 +48,9 @@ async def push_states(websocket: WebSocket, pubsub, task_id):
     await websocket.send_json(status)
     while status["state"] not in READY_STATES:
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-        if message and (new := task_status(task_id, backend.decode_result(message["data"]))) != status:
-            status = new  # (the same as the last one: stored between the subscription and the read, sent already)
+        new = message and task_status(task_id, backend.decode_result(message["data"]))
+        if new and new != status:  # not the state just sent again (stored between subscribing and reading)
+            status = new
             await websocket.send_json(status)
 
 
