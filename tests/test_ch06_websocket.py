@@ -36,15 +36,24 @@ def start(web, path, body):
     return httpx2.post(f"{web}{path}", json=body).json()["task_id"]
 
 
+def socket_url(web, task_id):
+    return f"ws{web.removeprefix('http')}/ws/task_status/{task_id}"
+
+
+def until_closed(socket, timeout):
+    """Every message left on the socket, until the server closes it."""
+    received = []
+    try:
+        while True:
+            received.append(json.loads(socket.recv(timeout)))
+    except websockets.ConnectionClosedOK:
+        return received
+
+
 def messages(web, task_id, timeout=30):
     """Every message the WebSocket of a task sends, until the server closes it; and how it closed."""
-    with connect(f"ws{web.removeprefix('http')}/ws/task_status/{task_id}", open_timeout=10) as socket:
-        received = []
-        try:
-            while True:
-                received.append(json.loads(socket.recv(timeout)))
-        except websockets.ConnectionClosedOK:
-            return received, socket.close_code
+    with connect(socket_url(web, task_id), open_timeout=10) as socket:
+        return until_closed(socket, timeout), socket.close_code
 
 
 def run_async(coroutine):
@@ -89,15 +98,10 @@ def test_a_client_that_comes_after_the_end_gets_the_final_state(web, worker, thi
 def listening_first(web, send):
     """The messages of a client that connects before the task is sent (send(task_id) sends it)."""
     task_id = str(uuid.uuid4())
-    with connect(f"ws{web.removeprefix('http')}/ws/task_status/{task_id}") as socket:
+    with connect(socket_url(web, task_id)) as socket:
         first = json.loads(socket.recv(10))
         send(task_id)
-        received = [first]
-        try:
-            while True:
-                received.append(json.loads(socket.recv(15)))
-        except websockets.ConnectionClosedOK:
-            return received
+        return [first, *until_closed(socket, 15)]
 
 
 def test_a_client_that_comes_first_gets_every_state_in_order(main, web, worker, third_party, chapter_env):
@@ -131,7 +135,7 @@ def test_a_hundred_clients_on_a_hundred_tasks_get_their_own_final_message(web, w
     task_ids = [start(web, "/subscribe", {"email": email}) for email in emails]
 
     async def listen(task_id):
-        async with websockets.connect(f"ws{web.removeprefix('http')}/ws/task_status/{task_id}") as socket:
+        async with websockets.connect(socket_url(web, task_id)) as socket:
             return [json.loads(message) async for message in socket], socket.close_code
 
     async def everyone():
@@ -147,7 +151,7 @@ def test_several_clients_on_one_task_all_get_it(web, worker, third_party):
     task_id = start(web, "/subscribe", {"email": address("+fail1")})
 
     async def listen():
-        async with websockets.connect(f"ws{web.removeprefix('http')}/ws/task_status/{task_id}") as socket:
+        async with websockets.connect(socket_url(web, task_id)) as socket:
             return [json.loads(message) async for message in socket][-1]
 
     async def together():
@@ -161,7 +165,7 @@ def test_clients_that_close_first_are_no_error(web, worker, third_party, redis_u
     task_ids = [start(web, "/subscribe", {"email": address()}) for _ in range(20)]
 
     async def close_at_the_end(task_id):  # the client closes the socket as soon as it has the final state
-        async with websockets.connect(f"ws{web.removeprefix('http')}/ws/task_status/{task_id}") as socket:
+        async with websockets.connect(socket_url(web, task_id)) as socket:
             async for message in socket:
                 if json.loads(message)["state"] == "SUCCESS":
                     return
@@ -186,7 +190,7 @@ def test_a_client_that_leaves_early_leaves_no_subscription(web, redis_url):
         return sum(1 for client in server.client_list() if client["sub"] != "0")
 
     before = subscribed_connections()
-    with connect(f"ws{web.removeprefix('http')}/ws/task_status/{channel.removeprefix('celery-task-meta-')}") as socket:
+    with connect(socket_url(web, channel.removeprefix('celery-task-meta-'))) as socket:
         assert json.loads(socket.recv(10))["state"] == "PENDING"
         wait_for(lambda: subscribers() == 1, 10, "the subscription")
     wait_for(lambda: subscribers() == 0 and subscribed_connections() == before, 10, "the subscription to go")

@@ -182,9 +182,15 @@ def test_a_second_ctrl_c_stops_at_once(stack, redis_url):
     assert ports_closed(*ch03.ports.values())
 
 
+def on_rabbitmq(rabbitmq_url, redis_url):
+    """A reader's terminal with the tasks on RabbitMQ and their results in Redis."""
+    return CLEAN_ENV | {"CELERY_BROKER_URL": rabbitmq_url, "CELERY_RESULT_BACKEND": redis_url,
+                        "PATH": f"{VENV_BIN}:{CLEAN_ENV['PATH']}"}
+
+
 @pytest.mark.parametrize("chapter", ["ch03_divide", "ch04_factory", "ch05_retry", "ch06_websocket"])
 def test_each_chapter_runs_unchanged_with_rabbitmq_as_the_broker(chapter, rabbitmq_url, redis_url):
-    env = CLEAN_ENV | {"CELERY_BROKER_URL": rabbitmq_url, "CELERY_RESULT_BACKEND": redis_url, "PATH": f"{VENV_BIN}:{CLEAN_ENV['PATH']}"}
+    env = on_rabbitmq(rabbitmq_url, redis_url)
     worker = Process(["celery", "-A", "main.celery", "worker", "--loglevel=info"], ROOT / chapter, env)
     try:
         worker.wait_for_output(" ready.", timeout=30)
@@ -217,7 +223,7 @@ def test_three_workers_share_the_tasks_through_rabbitmq(stack, rabbitmq_url, red
 
 def test_with_rabbitmq_a_killed_workers_task_comes_back_at_once(rabbitmq_url, redis_url):
     """Real acknowledgements: the task of a worker killed mid-task goes to the next worker, with no visibility_timeout."""
-    env = CLEAN_ENV | {"CELERY_BROKER_URL": rabbitmq_url, "CELERY_RESULT_BACKEND": redis_url, "PATH": f"{VENV_BIN}:{CLEAN_ENV['PATH']}"}
+    env = on_rabbitmq(rabbitmq_url, redis_url)
     command = ["celery", "-A", "main.celery", "worker", "--loglevel=info"]
     first = Process(command + ["-n", "first@%h"], ROOT / "ch05_retry", env, start_new_session=True)
     second = None
