@@ -13,6 +13,7 @@ class BaseConfig:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": 60,  # a task a dead worker held is handed out again after 60 s: > any countdown here
         "unacked_restore_throttle": 1,  # and looked for every 10 s, not every 100 s
+        "unacked_mutex_expire": 10,  # one worker looks at a time; a killed one's turn lapses in 10 s, not 5 min
     }
 
 

@@ -238,10 +238,16 @@ def test_a_killed_worker_and_a_restarted_redis_lose_no_task(chapter, chapter_env
             os.utime(folder / "tasks.py")  # the worker reloads
             second.wait_for_output("1 change detected", timeout=10)
 
-            def results():
-                return {task_id: main.celery.AsyncResult(task_id).result for task_id in task_ids}
-            wait_for(lambda: results() == {task_id: {"subscribed": email} for task_id, email in task_ids.items()},
-                     150, "every task to succeed")
+            def unfinished():
+                return {task_id: main.celery.AsyncResult(task_id).state for task_id, email in task_ids.items()
+                        if main.celery.AsyncResult(task_id).result != {"subscribed": email}}
+            try:
+                wait_for(lambda: not unfinished(), 150, "every task to succeed")
+            except AssertionError as exc:
+                server = redis.Redis(port=port)
+                raise AssertionError(f"{exc}: {unfinished()}; queued {server.llen('celery')}, unacked "
+                                     f"{server.hlen('unacked')}, mutex {server.ttl('unacked_mutex')} s; the worker:\n"
+                                     f"{second.output[-4000:]}") from None
     finally:
         for process in reversed(started):
             process.stop()
