@@ -66,13 +66,13 @@ def wait_for(check, timeout, what):
         try:
             value = check()
         except Exception as exc:  # not up yet: connection refused, key missing, ...
-            value, error = None, exc
+            value, error = None, repr(exc)  # not exc: its traceback would keep check's objects alive
         else:
             error = None
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f" (last error: {error!r})" if error else ""))
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f" (last error: {error})" if error else ""))
         time.sleep(0.05)
 
 
@@ -143,6 +143,30 @@ def redis_url():
     url = f"redis://127.0.0.1:{port}/0"
     wait_for(lambda: redis.Redis.from_url(url).ping(), 10, "the test Redis")
     yield url
+    server.stop()
+
+
+class RestartableRedis:
+    """A Redis of one test's own, on a free port, that keeps its data in an append-only file across a restart."""
+
+    def __init__(self, folder):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = [find_redis_server(), "--port", str(self.port), "--save", "", "--appendonly", "yes", "--dir", str(folder)]
+        self.start()
+
+    def start(self):
+        self.process = Process(self.args, ROOT, CLEAN_ENV)
+        wait_for(lambda: redis.Redis(port=self.port).ping(), 10, "Redis")
+
+    def stop(self):
+        self.process.stop()
+
+
+@pytest.fixture
+def restartable_redis(tmp_path):
+    server = RestartableRedis(tmp_path)
+    yield server
     server.stop()
 
 
@@ -364,6 +388,29 @@ def assert_redis_down_then_back(chapter, env, requests=50):
             assert client.get("/tasks/no-such-task").json()["state"] == "PENDING"
         finally:
             server.stop()
+
+
+def assert_a_retry_waits_for_redis(chapter, env, restartable_redis, email):
+    """Redis stops while the service is being called: the task's retry waits for it, and the same worker runs it."""
+    env = env | {"CELERY_BROKER_URL": restartable_redis.url, "CELERY_RESULT_BACKEND": restartable_redis.url,
+                 "THIRD_PARTY_URL": f"http://127.0.0.1:{free_port()}", "THIRD_PARTY_DELAY": "1"}
+    service = Process(["uvicorn", "third_party:app", "--port", env["THIRD_PARTY_URL"].rsplit(":", 1)[1]], chapter, env)
+    worker = Process(["celery", "-A", "main.celery", "worker", "--loglevel=info"], chapter, env)
+    try:
+        worker.wait_for_output(" ready.", timeout=30)
+        service.wait_for_output("Uvicorn running on", timeout=30)
+        with import_chapter(chapter, env) as main:
+            task_id = main.subscribe.delay(email).id
+            worker.wait_for_output(f"Task tasks.subscribe[{task_id}] received", timeout=10)
+            restartable_redis.stop()  # while the service takes its second to fail
+            wait_for(lambda: worker.output.count("sending again in 2 s") >= 2, 30, "3 s of tries")  # Celery's own: 0.6 s
+            restartable_redis.start()
+            wait_for(lambda: main.celery.AsyncResult(task_id).state == "SUCCESS", 30, "the retry")
+        assert worker.proc.poll() is None, worker.output  # the very worker that held the task through the outage
+        assert f"Task tasks.subscribe[{task_id}] retry: Retry in " in worker.output
+    finally:
+        worker.stop()
+        service.stop()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from playwright.sync_api import expect
 
 from conftest import (
-    CLEAN_ENV, ROOT, Process, assert_redis_down_then_back, bodies_over_64_kib_are_refused, find_redis_server, free_port,
+    Process, assert_a_retry_waits_for_redis, assert_redis_down_then_back, bodies_over_64_kib_are_refused, free_port,
     import_chapter, no_request_gets_a_server_error, readme_has_current_diff, statuses_until_done, wait_for,
 )
 
@@ -204,21 +204,21 @@ def test_a_pending_retry_survives_a_reload_and_a_restart(stack, repository_copy)
     wait_for(lambda: state(restarted, again.web) == "SUCCESS", 30, "the retry, run after the restart")
 
 
+def test_a_retry_due_while_redis_is_away_waits_for_it(chapter, chapter_env, restartable_redis):
+    assert_a_retry_waits_for_redis(chapter, chapter_env, restartable_redis, address("+fail1"))
+
+
 @pytest.mark.timeout(240)  # the killed worker's tasks come back after the 60 s visibility_timeout
-def test_a_killed_worker_and_a_restarted_redis_lose_no_task(chapter, chapter_env, tmp_path):
+def test_a_killed_worker_and_a_restarted_redis_lose_no_task(chapter, chapter_env, tmp_path, restartable_redis):
     """50 tasks; the worker killed with kill -9, Redis restarted, the next worker reloaded: all 50 succeed.
 
     The workers run in a copy of the chapter, so that the reload does not reach other tests' processes.
     """
     folder = shutil.copytree(chapter, tmp_path / CHAPTER, ignore=shutil.ignore_patterns("__pycache__"))
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    redis_server = [find_redis_server(), "--port", str(port), "--save", "", "--appendonly", "yes", "--dir", str(tmp_path)]
-    env = chapter_env | {"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url,
+    env = chapter_env | {"CELERY_BROKER_URL": restartable_redis.url, "CELERY_RESULT_BACKEND": restartable_redis.url,
                          "THIRD_PARTY_URL": f"http://127.0.0.1:{free_port()}", "THIRD_PARTY_DELAY": "0.2"}
-    started = [Process(redis_server, ROOT, CLEAN_ENV)]
+    started = []
     try:
-        wait_for(lambda: redis.Redis(port=port).ping(), 10, "Redis")
         started.append(Process(["uvicorn", "third_party:app", "--port", env["THIRD_PARTY_URL"].rsplit(":", 1)[1]], folder, env))
         first = Process(["celery", "-A", "main.celery", "worker", "--loglevel=info"], folder, env, start_new_session=True)
         started.append(first)
@@ -233,8 +233,8 @@ def test_a_killed_worker_and_a_restarted_redis_lose_no_task(chapter, chapter_env
                               "celery -A main.celery worker --loglevel=info"], folder, env)
             started.append(second)
             second.wait_for_output(" ready.", timeout=30)
-            started[0].stop()
-            started[0] = Process(redis_server, ROOT, CLEAN_ENV)  # the same data, read back from the append-only file
+            restartable_redis.stop()
+            restartable_redis.start()  # the same data, read back from the append-only file
             os.utime(folder / "tasks.py")  # the worker reloads
             second.wait_for_output("1 change detected", timeout=10)
 
@@ -244,10 +244,11 @@ def test_a_killed_worker_and_a_restarted_redis_lose_no_task(chapter, chapter_env
             try:
                 wait_for(lambda: not unfinished(), 150, "every task to succeed")
             except AssertionError as exc:
-                server = redis.Redis(port=port)
+                server = redis.Redis(port=restartable_redis.port)
                 raise AssertionError(f"{exc}: {unfinished()}; queued {server.llen('celery')}, unacked "
                                      f"{server.hlen('unacked')}, mutex {server.ttl('unacked_mutex')} s; the worker:\n"
                                      f"{second.output[-4000:]}") from None
+        assert "Unrecoverable error" not in second.output
     finally:
         for process in reversed(started):
             process.stop()

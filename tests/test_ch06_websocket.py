@@ -17,7 +17,8 @@ from websockets.sync.client import connect
 from playwright.sync_api import expect
 
 from conftest import (
-    CLEAN_ENV, ROOT, Process, assert_redis_down_then_back, find_redis_server, free_port, no_request_gets_a_server_error, readme_has_current_diff, wait_for,
+    CLEAN_ENV, ROOT, Process, assert_a_retry_waits_for_redis, assert_redis_down_then_back, find_redis_server, free_port,
+    no_request_gets_a_server_error, readme_has_current_diff, wait_for,
 )
 
 CHAPTER = "ch06_websocket"
@@ -251,6 +252,10 @@ def test_without_redis_the_socket_closes_saying_so(start):
         with connect(f"ws://127.0.0.1:{web_port}/ws/task_status/any") as socket:
             socket.recv(10)
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == unreachable
+
+
+def test_a_retry_due_while_redis_is_away_waits_for_it(chapter, chapter_env, restartable_redis):
+    assert_a_retry_waits_for_redis(chapter, chapter_env, restartable_redis, address("+fail1"))
 
 
 def test_without_redis_the_api_says_so_and_recovers(chapter, chapter_env):
