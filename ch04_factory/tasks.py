@@ -3,13 +3,6 @@ import math
 from time import sleep
 
 from celery import shared_task
-from celery.signals import celeryd_init
-
-
-@celeryd_init.connect
-def patient_worker(conf, **kwargs):  # the worker, unlike the API, waits for Redis to come back to store a result
-    conf.result_backend_transport_options = {}
-    conf.result_backend_always_retry = True
 
 
 @shared_task

@@ -1,5 +1,13 @@
-"""Settings for each environment, as plain classes; FASTAPI_CONFIG picks one. Celery's keys start with CELERY_."""
+"""Settings for each environment, as plain classes; FASTAPI_CONFIG picks one. Celery's keys start with CELERY_.
+
+A worker changes a few for itself as it starts (patient_worker): it waits for Redis, where the API gives up at once.
+"""
+import logging
 import os
+
+from celery.signals import celeryd_init
+
+logger = logging.getLogger(__name__)
 
 
 class BaseConfig:
@@ -15,6 +23,18 @@ class BaseConfig:
         "unacked_restore_throttle": 1,  # and looked for every 10 s, not every 100 s
         "unacked_mutex_expire": 10,  # one worker looks at a time; a killed one's turn lapses in 10 s, not 5 min
     }
+
+
+@celeryd_init.connect
+def patient_worker(conf, **kwargs):  # the worker, unlike the API, waits for Redis as long as it takes,
+    conf.result_backend_transport_options = {}
+    conf.result_backend_always_retry = True  # to store a result
+    conf.task_publish_retry_policy = {  # and to send a retry, which Celery would otherwise drop after 0.6 s
+        "max_retries": None, "interval_step": 1, "interval_max": 2, "errback": redis_away}
+
+
+def redis_away(exc, interval):
+    logger.warning("Redis is unreachable (%s): sending again in %g s", exc, interval)
 
 
 class DevelopmentConfig(BaseConfig):

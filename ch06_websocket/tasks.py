@@ -1,28 +1,13 @@
 """The tasks: divide, a call to a slow, flaky third-party service that retries, and a list import that reports progress."""
-import logging
 import math
 import os
 from time import sleep
 
 import requests
 from celery import shared_task
-from celery.signals import celeryd_init
 
 THIRD_PARTY_URL = os.environ.get("THIRD_PARTY_URL", "http://127.0.0.1:8010")
 COUNTDOWN = int(os.environ.get("RETRY_COUNTDOWN", 5))  # the guide's 5 s between tries; the tests wait less
-logger = logging.getLogger(__name__)
-
-
-@celeryd_init.connect
-def patient_worker(conf, **kwargs):  # the worker, unlike the API, waits for Redis as long as it takes,
-    conf.result_backend_transport_options = {}
-    conf.result_backend_always_retry = True  # to store a result
-    conf.task_publish_retry_policy = {  # and to send a retry, which Celery would otherwise drop after 0.6 s
-        "max_retries": None, "interval_step": 1, "interval_max": 2, "errback": redis_away}
-
-
-def redis_away(exc, interval):
-    logger.warning("Redis is unreachable (%s): sending again in %g s", exc, interval)
 
 
 @shared_task
