@@ -18,6 +18,7 @@ class BaseConfig:
     CELERY_RESULT_EXTENDED = True  # a result keeps its task's retry count, for GET /tasks/{task_id}
     CELERY_TASK_ACKS_LATE = True  # a task leaves Redis when it ends, not when it starts: a crash loses nothing
     CELERY_TASK_REJECT_ON_WORKER_LOST = True  # and a task whose process was killed is queued again at once
+    CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # a worker holds only the tasks it runs; the rest wait in Redis
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": 60,  # a task a dead worker held is handed out again after 60 s: > any countdown here
         "unacked_restore_throttle": 1,  # and looked for every 10 s, not every 100 s

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from playwright.sync_api import expect
 
 from conftest import (
-    Process, assert_a_retry_waits_for_redis, assert_redis_down_then_back, bodies_over_64_kib_are_refused, free_port,
+    Process, assert_redis_away_holds_nothing_back, assert_redis_down_then_back, bodies_over_64_kib_are_refused, free_port,
     import_chapter, no_request_gets_a_server_error, readme_has_current_diff, statuses_until_done, wait_for,
 )
 
@@ -204,8 +204,8 @@ def test_a_pending_retry_survives_a_reload_and_a_restart(stack, repository_copy)
     wait_for(lambda: state(restarted, again.web) == "SUCCESS", 30, "the retry, run after the restart")
 
 
-def test_a_retry_due_while_redis_is_away_waits_for_it(chapter, chapter_env, restartable_redis):
-    assert_a_retry_waits_for_redis(chapter, chapter_env, restartable_redis, address("+fail1"))
+def test_while_redis_is_away_a_retry_waits_and_no_task_is_held_back(chapter, chapter_env, restartable_redis):
+    assert_redis_away_holds_nothing_back(chapter, chapter_env, restartable_redis, [address("+fail1")] + [address() for _ in range(5)])
 
 
 @pytest.mark.timeout(240)  # the killed worker's tasks come back after the 60 s visibility_timeout

@@ -17,7 +17,7 @@ from websockets.sync.client import connect
 from playwright.sync_api import expect
 
 from conftest import (
-    CLEAN_ENV, ROOT, Process, assert_a_retry_waits_for_redis, assert_redis_down_then_back, find_redis_server, free_port,
+    CLEAN_ENV, ROOT, Process, assert_redis_away_holds_nothing_back, assert_redis_down_then_back, find_redis_server, free_port,
     no_request_gets_a_server_error, readme_has_current_diff, wait_for,
 )
 
@@ -254,8 +254,8 @@ def test_without_redis_the_socket_closes_saying_so(start):
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == unreachable
 
 
-def test_a_retry_due_while_redis_is_away_waits_for_it(chapter, chapter_env, restartable_redis):
-    assert_a_retry_waits_for_redis(chapter, chapter_env, restartable_redis, address("+fail1"))
+def test_while_redis_is_away_a_retry_waits_and_no_task_is_held_back(chapter, chapter_env, restartable_redis):
+    assert_redis_away_holds_nothing_back(chapter, chapter_env, restartable_redis, [address("+fail1")] + [address() for _ in range(5)])
 
 
 def test_without_redis_the_api_says_so_and_recovers(chapter, chapter_env):
