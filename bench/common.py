@@ -3,6 +3,7 @@
 Every figure a benchmark prints is measured in the same run as the figure it is compared with, so ratios hold on
 a busy or slow machine; the absolute numbers are printed beside them with the machine they were measured on.
 """
+
 import os
 import platform
 import re
@@ -21,8 +22,18 @@ BIN = Path(sys.executable).parent
 
 
 def machine():
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    model = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
     return f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, {platform.system()} {platform.release()}"
 
 
@@ -47,20 +58,35 @@ def wait_until(check, timeout, what):
 
 def answers(url):
     import urllib.request
+
     return urllib.request.urlopen(url, timeout=2).status == 200
 
 
 def chapter_env(redis_url, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "FASTAPI_", "THIRD_PARTY_", "RETRY_"))}
-    return env | {"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "CELERY_BROKER_URL": redis_url,
-                  "CELERY_RESULT_BACKEND": redis_url, "PYTHONUNBUFFERED": "1"} | extra
+    return (
+        env
+        | {
+            "PATH": f"{BIN}{os.pathsep}{env['PATH']}",
+            "CELERY_BROKER_URL": redis_url,
+            "CELERY_RESULT_BACKEND": redis_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+        | extra
+    )
 
 
 @contextmanager
 def started(args, cwd=ROOT, env=None):
     """A process for the length of the block, its output thrown away; stopped after, with its children."""
-    process = subprocess.Popen(args, cwd=cwd, env=env or os.environ, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=env or os.environ,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         yield process
     finally:
@@ -80,6 +106,7 @@ def redis_server():
     port = free_port()
     with started([server, "--port", str(port), "--save", "", "--appendonly", "no"]):
         import redis
+
         wait_until(lambda: redis.Redis(port=port).ping(), 10, "Redis")
         yield f"redis://127.0.0.1:{port}/0"
 
@@ -100,7 +127,9 @@ def web(chapter, env, app="main:app"):
 def stand_in(chapter, env):
     """Chapter 5's email service, as the reader starts it, at env's THIRD_PARTY_URL."""
     url = env["THIRD_PARTY_URL"]
-    with started(["uvicorn", "third_party:app", "--port", url.rsplit(":", 1)[1], "--no-access-log"], ROOT / chapter, env):
+    with started(
+        ["uvicorn", "third_party:app", "--port", url.rsplit(":", 1)[1], "--no-access-log"], ROOT / chapter, env
+    ):
         wait_until(lambda: answers(f"{url}/openapi.json"), 30, "the email service's stand-in")
         yield
 
@@ -108,9 +137,11 @@ def stand_in(chapter, env):
 @contextmanager
 def worker(chapter, env, *args):
     """The reader's worker command, once it answers a ping."""
-    with started(["celery", "-A", "main.celery", "worker", "--loglevel=warning", "--without-mingle", *args],
-                 ROOT / chapter, env):
+    with started(
+        ["celery", "-A", "main.celery", "worker", "--loglevel=warning", "--without-mingle", *args], ROOT / chapter, env
+    ):
         from celery import Celery
+
         control = Celery(broker=env["CELERY_BROKER_URL"]).control
         wait_until(lambda: control.ping(timeout=0.5), 30, "worker")
         yield
@@ -119,15 +150,24 @@ def worker(chapter, env, *args):
 def wrk(url, connections, seconds, body=None):
     """Requests a second and latency percentiles (ms) of `wrk` against url; a POST of `body` (JSON) if given."""
     if not shutil.which("wrk"):
-        sys.exit("bench: needs wrk, the HTTP load generator: sudo apt install wrk (Debian, Ubuntu), brew install wrk (macOS)")
+        sys.exit(
+            "bench: needs wrk, the HTTP load generator: sudo apt install wrk (Debian, Ubuntu), brew install wrk (macOS)"
+        )
     script = []
     if body:
         script = ["-s", str(Path(__file__).with_name("post.lua"))]
     env = os.environ | {"WRK_BODY": body or ""}
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "60s", "--latency", *script, url],
-                         capture_output=True, text=True, env=env, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "60s", "--latency", *script, url],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])
-    percentiles = {int(p): to_ms(v, unit) for p, v, unit in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+    percentiles = {
+        int(p): to_ms(v, unit) for p, v, unit in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    }
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         sys.exit(f"bench: {errors[1]} requests to {url} failed:\n{out}")
@@ -164,8 +204,10 @@ def post_at_rate(url, body, rate, seconds):
     from urllib.parse import urlsplit
 
     split, answered, sent = urlsplit(url), [], []
-    request = (f"POST {split.path} HTTP/1.1\r\nHost: {split.netloc}\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}").encode()
+    request = (
+        f"POST {split.path} HTTP/1.1\r\nHost: {split.netloc}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}"
+    ).encode()
 
     async def one():
         reader, writer = await asyncio.open_connection(split.hostname, split.port)
@@ -189,4 +231,5 @@ def post_at_rate(url, body, rate, seconds):
     def stop():
         thread.join()
         return len(answered)
+
     return stop

@@ -1,4 +1,5 @@
 """The chapter's app with three more routes, each doing part of what POST /divide does, to see where its time goes."""
+
 from main import Numbers, app, divide
 
 

@@ -6,12 +6,13 @@ taking 1 s (the stand-in's delay; a worker of 20 threads runs them together); ea
 this process's asyncio clients.
 The end of a task is the `date_done` the worker stores with its result; the same clock tells when a watcher knew.
 """
+
 import asyncio
 import json
 import random
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import websockets
 
@@ -24,10 +25,15 @@ TASKS = 20
 
 async def http(reader, writer, method, path, body=b""):
     """One request on a kept-alive connection: the answer's JSON."""
-    writer.write(f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    writer.write(
+        f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
     head = await reader.readuntil(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    length = int(
+        next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    )
     return json.loads(await reader.readexactly(length))
 
 
@@ -77,33 +83,59 @@ async def one_round(port, celery, watch, watchers):
         await asyncio.sleep(0.05)
     knew = await asyncio.wait_for(watching, 120)
     ended = {task_id: ended_at(celery.backend.get_task_meta(task_id)) for task_id in task_ids}
-    return [(when - ended[task_ids[n % len(task_ids)]]) * 1000 for n, (when, _) in enumerate(knew)], [r for _, r in knew]
+    return [(when - ended[task_ids[n % len(task_ids)]]) * 1000 for n, (when, _) in enumerate(knew)], [
+        r for _, r in knew
+    ]
 
 
 def ended_at(meta):
     done = datetime.fromisoformat(meta["date_done"])
-    return (done if done.tzinfo else done.replace(tzinfo=timezone.utc)).timestamp()  # stored in UTC
+    return (done if done.tzinfo else done.replace(tzinfo=UTC)).timestamp()  # stored in UTC
 
 
 def main():
     print(f"Machine: {machine()}")
     with redis_server() as redis_url:
         env = chapter_env(redis_url, THIRD_PARTY_URL=f"http://127.0.0.1:{free_port()}", THIRD_PARTY_DELAY="1")
-        with stand_in(CHAPTER, env), web(CHAPTER, env) as url, worker(CHAPTER, env, "--pool=threads", f"--concurrency={TASKS}"):
+        with (
+            stand_in(CHAPTER, env),
+            web(CHAPTER, env) as url,
+            worker(CHAPTER, env, "--pool=threads", f"--concurrency={TASKS}"),
+        ):
             port = int(url.rsplit(":", 1)[1])
             from celery import Celery
+
             celery = Celery(broker=redis_url, backend=redis_url)
             rows = []
             for watchers in WATCHERS:
-                rows.append((watchers, asyncio.run(run(port, celery, listen, watchers)),
-                             asyncio.run(run(port, celery, poll, watchers))))
-    table("From a task's end to its watchers knowing (ms), and the HTTP requests each watcher made",
-          ["watchers", "push p50", "push p99", "poll p50", "poll p99", "poll: requests each", "push: requests each"],
-          [(f"{w:,}", f"{pushed[0]:.1f}", f"{pushed[1]:.1f}", f"{polled[0]:.0f}", f"{polled[1]:.0f}", f"{polled[2]:.1f}",
-            "0 (1 socket)") for w, pushed, polled in rows])
+                rows.append(
+                    (
+                        watchers,
+                        asyncio.run(run(port, celery, listen, watchers)),
+                        asyncio.run(run(port, celery, poll, watchers)),
+                    )
+                )
+    table(
+        "From a task's end to its watchers knowing (ms), and the HTTP requests each watcher made",
+        ["watchers", "push p50", "push p99", "poll p50", "poll p99", "poll: requests each", "push: requests each"],
+        [
+            (
+                f"{w:,}",
+                f"{pushed[0]:.1f}",
+                f"{pushed[1]:.1f}",
+                f"{polled[0]:.0f}",
+                f"{polled[1]:.0f}",
+                f"{polled[2]:.1f}",
+                "0 (1 socket)",
+            )
+            for w, pushed, polled in rows
+        ],
+    )
     for watchers, pushed, polled in rows:
-        print(f"{watchers:,} watcher{'s' * (watchers > 1)}: push knows {polled[0] / pushed[0]:.0f}x sooner than polling (p50), "
-              f"{polled[1] / pushed[1]:.0f}x (p99).")
+        print(
+            f"{watchers:,} watcher{'s' * (watchers > 1)}: push knows {polled[0] / pushed[0]:.0f}x sooner than polling (p50), "
+            f"{polled[1] / pushed[1]:.0f}x (p99)."
+        )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,21 @@
 Run: ./run_all.sh bench responsive. Chapter 5's app, its stand-in answering after 1 s, one worker: GET / (async) and
 GET /tasks/{id} (a plain def, in the thread pool, reading Redis) are timed while other clients keep the app busy.
 """
-from common import ROOT, SHORT, chapter_env, free_port, machine, post_at_rate, redis_server, stand_in, table, web, worker, wrk
+
+from common import (
+    ROOT,
+    SHORT,
+    chapter_env,
+    free_port,
+    machine,
+    post_at_rate,
+    redis_server,
+    stand_in,
+    table,
+    web,
+    worker,
+    wrk,
+)
 
 CHAPTER = ROOT / "ch05_retry"
 SECONDS = 2 if SHORT else 5
@@ -28,12 +42,16 @@ def main():
                 root, status = wrk(f"{url}/", 1, SECONDS), wrk(f"{url}/tasks/some-task-id", 1, SECONDS)
                 answered = stop()
                 rows[name] = (root, status, "" if answered is None else f"{answered / (2 * SECONDS):.0f}")
-    table(f"The API's answers while other users keep it busy: latency in ms, p50 / p99 (answered in {SECONDS} s)",
-          ["meanwhile", "GET / (async def)", "GET /tasks/{id} (def)", "their POSTs answered/s"],
-          [(name, cell(r), cell(s), posts) for name, (r, s, posts) in rows.items()])
+    table(
+        f"The API's answers while other users keep it busy: latency in ms, p50 / p99 (answered in {SECONDS} s)",
+        ["meanwhile", "GET / (async def)", "GET /tasks/{id} (def)", "their POSTs answered/s"],
+        [(name, cell(r), cell(s), posts) for name, (r, s, posts) in rows.items()],
+    )
     celery, inside_def, inside_async = (rows[name] for name in list(LOADS)[1:])
-    print(f"GET /tasks p99 with the call inside a def view: {ratio(inside_def[1], celery[1])} Celery's; GET / p99 with it "
-          f"inside an async def view: {ratio(inside_async[0], celery[0])} Celery's.")
+    print(
+        f"GET /tasks p99 with the call inside a def view: {ratio(inside_def[1], celery[1])} Celery's; GET / p99 with it "
+        f"inside an async def view: {ratio(inside_async[0], celery[0])} Celery's."
+    )
 
 
 def cell(measured):

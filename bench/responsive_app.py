@@ -1,4 +1,5 @@
 """Chapter 5's app with the anti-pattern the chapter starts from: the third-party call made inside the request."""
+
 from main import Subscriber, app
 from tasks import call_third_party
 

@@ -3,6 +3,7 @@
 Run: ./run_all.sh bench startup. With .venv made already and a Redis running; in a copy of the repository, so that
 the edit that reloads the worker reaches no other process.
 """
+
 import os
 import shutil
 import signal
@@ -32,14 +33,27 @@ class Run:
     def __init__(self, folder, chapter, redis_url):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "THIRD_PARTY_"))}
         self.tag = f"bench-{os.getpid()}-{time.monotonic()}"
-        env |= {"REDIS_URL": redis_url, "WEB_PORT": str(free_port()), "FLOWER_PORT": str(free_port()),
-                "THIRD_PARTY_PORT": str(free_port()), "RUN_ALL_TAG": self.tag}
+        env |= {
+            "REDIS_URL": redis_url,
+            "WEB_PORT": str(free_port()),
+            "FLOWER_PORT": str(free_port()),
+            "THIRD_PARTY_PORT": str(free_port()),
+            "RUN_ALL_TAG": self.tag,
+        }
         self.start = time.perf_counter()
-        self.process = subprocess.Popen(["./run_all.sh", chapter], cwd=folder, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.process = subprocess.Popen(
+            ["./run_all.sh", chapter],
+            cwd=folder,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.lines = []
-        threading.Thread(target=lambda: self.lines.extend((time.perf_counter(), line) for line in self.process.stdout),
-                         daemon=True).start()
+        threading.Thread(
+            target=lambda: self.lines.extend((time.perf_counter(), line) for line in self.process.stdout), daemon=True
+        ).start()
 
     def when(self, text, count=1, timeout=120):
         """Seconds from the start to the count-th line holding text."""
@@ -50,7 +64,6 @@ class Run:
                 return seen[count - 1] - self.start
             time.sleep(0.01)
         raise SystemExit(f"bench: no {text!r} after {timeout} s:\n{''.join(line for _, line in self.lines)}")
-
 
     def cpu_seconds(self):
         """The processor time that the processes it started, still running, have used so far."""
@@ -69,7 +82,9 @@ def measure(folder, chapter, redis_url):
     run = Run(folder, chapter, redis_url)
     banner = run.when("Press Ctrl+C to stop everything.")
     cpu = run.cpu_seconds()
-    ready = " ready." if chapter != "ch01_hello" else "Application startup complete"  # ch01: the worker is in the web app
+    ready = (
+        " ready." if chapter != "ch01_hello" else "Application startup complete"
+    )  # ch01: the worker is in the web app
     saved = time.perf_counter() - run.start
     os.utime(folder / chapter / "tasks.py")
     reload = run.when(ready, count=2) - saved
@@ -88,10 +103,20 @@ def main():
         for chapter in MEASURED:
             runs = sorted(measure(folder, chapter, redis_url) for _ in range(RUNS))
             banner, cpu, reload, stop = (sorted(values)[len(values) // 2] for values in zip(*runs))  # medians
-            rows.append((chapter, f"{banner:.1f}", f"{cpu:.1f} ({cpu / os.cpu_count():.1f})", f"{reload:.1f}", f"{stop:.1f}"))
-    table(f"Seconds, the median of {RUNS} run(s) each",
-          ["chapter", "command to banner", f"processor time until then (over {os.cpu_count()} cores)", "save to worker ready",
-           "Ctrl+C to exit"], rows)
+            rows.append(
+                (chapter, f"{banner:.1f}", f"{cpu:.1f} ({cpu / os.cpu_count():.1f})", f"{reload:.1f}", f"{stop:.1f}")
+            )
+    table(
+        f"Seconds, the median of {RUNS} run(s) each",
+        [
+            "chapter",
+            "command to banner",
+            f"processor time until then (over {os.cpu_count()} cores)",
+            "save to worker ready",
+            "Ctrl+C to exit",
+        ],
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 Run: uvicorn main:app --reload   (no Redis, no second terminal)
 """
+
 from contextlib import asynccontextmanager
 
 from celery.contrib.testing.worker import start_worker

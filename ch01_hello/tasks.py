@@ -1,4 +1,5 @@
 """A Celery app that needs no server: an in-memory broker unless CELERY_BROKER_URL says otherwise."""
+
 import os
 
 from celery import Celery

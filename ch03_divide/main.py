@@ -2,6 +2,7 @@
 
 Run: celery -A main.celery worker --loglevel=info   (and uvicorn main:app --reload)
 """
+
 import json
 
 from celery.result import AsyncResult

@@ -1,4 +1,5 @@
 """The Celery app and the guide's divide task. Broker and results: Redis, unless the environment says otherwise."""
+
 import math
 import os
 from time import sleep

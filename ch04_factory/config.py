@@ -2,6 +2,7 @@
 
 A worker changes a few for itself as it starts (patient_worker): it waits for Redis, where the API gives up at once.
 """
+
 import os
 
 from celery.signals import celeryd_init

@@ -1,4 +1,5 @@
 """The API's answers to bad input and to a missing Redis, for create_app() to install."""
+
 import json
 
 from fastapi import FastAPI, Request

@@ -3,6 +3,7 @@ FASTAPI_CONFIG picks development (the default), production, or testing (tasks ru
 
 Run: celery -A main.celery worker --loglevel=info   (and uvicorn main:app --reload)
 """
+
 from celery import current_app as current_celery_app
 from celery.result import AsyncResult
 from fastapi import APIRouter, FastAPI, Request

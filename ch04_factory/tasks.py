@@ -1,4 +1,5 @@
 """The tasks. @shared_task binds them to no app: they run on the current one, which create_app() configures."""
+
 import math
 from time import sleep
 

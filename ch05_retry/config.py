@@ -2,6 +2,7 @@
 
 A worker changes a few for itself as it starts (patient_worker): it waits for Redis, where the API gives up at once.
 """
+
 import logging
 import os
 
@@ -31,7 +32,11 @@ def patient_worker(conf, **kwargs):  # the worker, unlike the API, waits for Red
     conf.result_backend_transport_options = {}
     conf.result_backend_always_retry = True  # to store a result
     conf.task_publish_retry_policy = {  # and to send a retry, which Celery would otherwise drop after 0.6 s
-        "max_retries": None, "interval_step": 1, "interval_max": 2, "errback": redis_away}
+        "max_retries": None,
+        "interval_step": 1,
+        "interval_max": 2,
+        "errback": redis_away,
+    }
 
 
 def redis_away(exc, interval):

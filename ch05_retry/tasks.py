@@ -1,4 +1,5 @@
 """The tasks: divide, and a call to a slow, flaky third-party service that retries, in two styles."""
+
 import math
 import os
 from time import sleep

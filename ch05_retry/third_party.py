@@ -3,6 +3,7 @@
 POST /subscribe {"email": ...} answers after THIRD_PARTY_DELAY seconds (default 5, like httpbin's /delay/5), failures
 included: 200 {"subscribed": email}, except 503 for the first N calls of an address ending in +failN, every call of +down.
 """
+
 import asyncio
 import os
 import re

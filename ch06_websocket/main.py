@@ -2,6 +2,7 @@
 
 Run: uvicorn third_party:app --port 8010, celery -A main.celery worker --loglevel=info, uvicorn main:app --reload
 """
+
 from pathlib import Path
 
 from celery import current_app as current_celery_app

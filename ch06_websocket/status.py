@@ -3,6 +3,7 @@
 The Redis result backend publishes each state it stores on a channel named after the result's key, so the
 WebSocket subscribes to that channel: the worker needs no code of its own to push.
 """
+
 import asyncio
 from contextlib import asynccontextmanager
 

@@ -1,4 +1,5 @@
 """The tasks: divide, a call to a slow, flaky third-party service that retries, and a list import that reports progress."""
+
 import math
 import os
 from time import sleep

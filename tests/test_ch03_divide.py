@@ -1,10 +1,18 @@
 """ch03_divide, in the order of its README: the diff, the worker, the guide's shell session, Flower, the HTTP API."""
+
 import httpx2
 import pytest
 from celery.result import AsyncResult
 from fastapi.testclient import TestClient
 
-from conftest import assert_redis_down_then_back, bodies_over_64_kib_are_refused, import_chapter, no_request_gets_a_server_error, readme_has_current_diff, status_when_done, wait_for
+from conftest import (
+    assert_redis_down_then_back,
+    bodies_over_64_kib_are_refused,
+    no_request_gets_a_server_error,
+    readme_has_current_diff,
+    status_when_done,
+    wait_for,
+)
 
 CHAPTER = "ch03_divide"
 
@@ -60,7 +68,10 @@ def test_flower_lists_the_tasks(main, flower):
         return {tid: tasks[tid]["state"] for tid in (ok.id, failed.id) if tid in tasks}
 
     wait_for(lambda: listed() == {ok.id: "SUCCESS", failed.id: "FAILURE"}, 20, "both tasks finished in Flower")
-    assert httpx2.get(f"{flower}/api/task/info/{failed.id}", timeout=2).json()["exception"] == "ZeroDivisionError('division by zero')"
+    assert (
+        httpx2.get(f"{flower}/api/task/info/{failed.id}", timeout=2).json()["exception"]
+        == "ZeroDivisionError('division by zero')"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,45 +88,75 @@ def test_divide_over_http(client, worker):
     response = client.post("/divide", json={"x": 1, "y": 2})
     task_id = response.json()["task_id"]
     assert response.json() == {"task_id": task_id}
-    assert client.get(f"/tasks/{task_id}").json() == {"task_id": task_id, "state": "PENDING", "result": None, "error": None}
+    assert client.get(f"/tasks/{task_id}").json() == {
+        "task_id": task_id,
+        "state": "PENDING",
+        "result": None,
+        "error": None,
+    }
     assert status_when_done(client, task_id) == {"task_id": task_id, "state": "SUCCESS", "result": 0.5, "error": None}
 
 
 def test_divide_by_zero_over_http(client, worker):
     task_id = client.post("/divide", json={"x": 1, "y": 0}).json()["task_id"]
     assert status_when_done(client, task_id) == {
-        "task_id": task_id, "state": "FAILURE", "result": None, "error": "ZeroDivisionError: float division by zero",
+        "task_id": task_id,
+        "state": "FAILURE",
+        "result": None,
+        "error": "ZeroDivisionError: float division by zero",
     }
 
 
 def test_non_numbers_are_refused_with_fastapis_message(client):
     response = client.post("/divide", json={"x": "one", "y": 2})
     assert response.status_code == 422
-    assert response.json() == {"detail": [
-        {"type": "float_type", "loc": ["body", "x"], "msg": "Input should be a valid number", "input": "one"},
-    ]}
+    assert response.json() == {
+        "detail": [
+            {"type": "float_type", "loc": ["body", "x"], "msg": "Input should be a valid number", "input": "one"},
+        ]
+    }
 
 
 @pytest.mark.parametrize(("body", "x"), [({"x": "5", "y": 1}, "5"), ({"x": True, "y": 1}, True)])
 def test_numbers_only(client, body, x):
     response = client.post("/divide", json=body)
-    assert (response.status_code, response.json()) == (422, {"detail": [
-        {"type": "float_type", "loc": ["body", "x"], "msg": "Input should be a valid number", "input": x},
-    ]})
+    assert (response.status_code, response.json()) == (
+        422,
+        {
+            "detail": [
+                {"type": "float_type", "loc": ["body", "x"], "msg": "Input should be a valid number", "input": x},
+            ]
+        },
+    )
 
 
-@pytest.mark.parametrize(("text", "shown"), [("NaN", "NaN"), ("Infinity", "Infinity"), ("-Infinity", "-Infinity"), ("1e400", "Infinity")])
+@pytest.mark.parametrize(
+    ("text", "shown"), [("NaN", "NaN"), ("Infinity", "Infinity"), ("-Infinity", "-Infinity"), ("1e400", "Infinity")]
+)
 def test_json_numbers_that_are_not_finite_get_a_422_too(client, text, shown):
     response = client.post("/divide", content=f'{{"x": {text}, "y": 1}}', headers={"content-type": "application/json"})
-    assert (response.status_code, response.json()) == (422, {"detail": [
-        {"type": "finite_number", "loc": ["body", "x"], "msg": "Input should be a finite number", "input": shown},
-    ]})
+    assert (response.status_code, response.json()) == (
+        422,
+        {
+            "detail": [
+                {
+                    "type": "finite_number",
+                    "loc": ["body", "x"],
+                    "msg": "Input should be a finite number",
+                    "input": shown,
+                },
+            ]
+        },
+    )
 
 
 def test_a_quotient_too_large_for_a_float_fails_clearly(client, worker):
     task_id = client.post("/divide", json={"x": 1e308, "y": 1e-308}).json()["task_id"]
     assert status_when_done(client, task_id) == {
-        "task_id": task_id, "state": "FAILURE", "result": None, "error": "OverflowError: 1e+308 / 1e-308 is too large for a float",
+        "task_id": task_id,
+        "state": "FAILURE",
+        "result": None,
+        "error": "OverflowError: 1e+308 / 1e-308 is too large for a float",
     }
 
 
@@ -124,7 +165,12 @@ def test_a_body_over_64_kib_is_refused(client):
 
 
 def test_an_unknown_task_id_reads_pending(client):
-    assert client.get("/tasks/no-such-task").json() == {"task_id": "no-such-task", "state": "PENDING", "result": None, "error": None}
+    assert client.get("/tasks/no-such-task").json() == {
+        "task_id": "no-such-task",
+        "state": "PENDING",
+        "result": None,
+        "error": None,
+    }
 
 
 def test_without_redis_the_api_says_so_and_recovers(chapter, chapter_env):

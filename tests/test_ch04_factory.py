@@ -1,9 +1,19 @@
 """ch04_factory, in the order of its README: the diff, the factory, FASTAPI_CONFIG, the testing flow, the worker."""
+
 import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import assert_redis_down_then_back, bodies_over_64_kib_are_refused, import_chapter, no_request_gets_a_server_error, readme_has_current_diff, run_all, status_when_done, wait_for
+from conftest import (
+    assert_redis_down_then_back,
+    bodies_over_64_kib_are_refused,
+    import_chapter,
+    no_request_gets_a_server_error,
+    readme_has_current_diff,
+    run_all,
+    status_when_done,
+    wait_for,
+)
 
 CHAPTER = "ch04_factory"
 
@@ -29,11 +39,14 @@ def test_the_celery_app_is_the_current_one_shared_tasks_run_on(main):
     assert main.divide.app is main.celery and main.divide.name == "tasks.divide"
 
 
-@pytest.mark.parametrize(("name", "config", "debug", "eager"), [
-    ("development", "DevelopmentConfig", True, False),
-    ("production", "ProductionConfig", False, False),
-    ("testing", "TestingConfig", False, True),
-])
+@pytest.mark.parametrize(
+    ("name", "config", "debug", "eager"),
+    [
+        ("development", "DevelopmentConfig", True, False),
+        ("production", "ProductionConfig", False, False),
+        ("testing", "TestingConfig", False, True),
+    ],
+)
 def test_fastapi_config_picks_the_settings(chapter, chapter_env, name, config, debug, eager):
     with import_chapter(chapter, chapter_env | {"FASTAPI_CONFIG": name}) as main:
         assert (type(main.app.settings).__name__, main.app.debug) == (config, debug)
@@ -62,24 +75,47 @@ def testing_client(chapter, chapter_env, monkeypatch):
 
 def test_testing_runs_the_whole_flow_with_no_server(testing_client):
     task_id = testing_client.post("/divide", json={"x": 1, "y": 2}).json()["task_id"]
-    assert testing_client.get(f"/tasks/{task_id}").json() == {"task_id": task_id, "state": "SUCCESS", "result": 0.5, "error": None}
+    assert testing_client.get(f"/tasks/{task_id}").json() == {
+        "task_id": task_id,
+        "state": "SUCCESS",
+        "result": 0.5,
+        "error": None,
+    }
 
 
 def test_testing_keeps_failures_too(testing_client):
     task_id = testing_client.post("/divide", json={"x": 1, "y": 0}).json()["task_id"]
     assert testing_client.get(f"/tasks/{task_id}").json() == {
-        "task_id": task_id, "state": "FAILURE", "result": None, "error": "ZeroDivisionError: float division by zero",
+        "task_id": task_id,
+        "state": "FAILURE",
+        "result": None,
+        "error": "ZeroDivisionError: float division by zero",
     }
 
 
 def test_testing_shows_bad_input_and_overflow(testing_client):
-    response = testing_client.post("/divide", content='{"x": NaN, "y": true}', headers={"content-type": "application/json"})
-    assert (response.status_code, response.json()) == (422, {"detail": [
-        {"type": "finite_number", "loc": ["body", "x"], "msg": "Input should be a finite number", "input": "NaN"},
-        {"type": "float_type", "loc": ["body", "y"], "msg": "Input should be a valid number", "input": True},
-    ]})
+    response = testing_client.post(
+        "/divide", content='{"x": NaN, "y": true}', headers={"content-type": "application/json"}
+    )
+    assert (response.status_code, response.json()) == (
+        422,
+        {
+            "detail": [
+                {
+                    "type": "finite_number",
+                    "loc": ["body", "x"],
+                    "msg": "Input should be a finite number",
+                    "input": "NaN",
+                },
+                {"type": "float_type", "loc": ["body", "y"], "msg": "Input should be a valid number", "input": True},
+            ]
+        },
+    )
     task_id = testing_client.post("/divide", json={"x": 1e308, "y": 1e-308}).json()["task_id"]
-    assert testing_client.get(f"/tasks/{task_id}").json()["error"] == "OverflowError: 1e+308 / 1e-308 is too large for a float"
+    assert (
+        testing_client.get(f"/tasks/{task_id}").json()["error"]
+        == "OverflowError: 1e+308 / 1e-308 is too large for a float"
+    )
 
 
 def test_the_worker_starts_without_deprecation_warnings(worker):
@@ -106,7 +142,10 @@ def test_development_sends_tasks_to_the_worker(client, worker):
     assert client.get(f"/tasks/{ok}").json()["state"] == "PENDING"
     assert status_when_done(client, ok) == {"task_id": ok, "state": "SUCCESS", "result": 0.5, "error": None}
     assert status_when_done(client, failing) == {
-        "task_id": failing, "state": "FAILURE", "result": None, "error": "ZeroDivisionError: float division by zero",
+        "task_id": failing,
+        "state": "FAILURE",
+        "result": None,
+        "error": "ZeroDivisionError: float division by zero",
     }
     assert f"Task tasks.divide[{ok}] succeeded" in worker.output
 
@@ -127,7 +166,9 @@ def test_run_all_runs_the_chapter(stack, redis_url):
 
 
 def test_run_all_shell_imports_the_factory(redis_url):
-    result = run_all("shell", "ch04_factory", env={"REDIS_URL": redis_url}, input="print(type(app.settings).__name__)\n")
+    result = run_all(
+        "shell", "ch04_factory", env={"REDIS_URL": redis_url}, input="print(type(app.settings).__name__)\n"
+    )
     assert "Names: " in result.stdout and " create_app, " in result.stdout and " divide, " in result.stdout
     assert "DevelopmentConfig" in result.stdout
 

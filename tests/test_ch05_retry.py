@@ -3,6 +3,7 @@ what a retry survives.
 
 The stand-in and the retries wait 1 s here, not 5 (chapter_env); the tests of run_all.sh keep the guide's 5 s countdown.
 """
+
 import importlib
 import os
 import shutil
@@ -17,8 +18,16 @@ from fastapi.testclient import TestClient
 from playwright.sync_api import expect
 
 from conftest import (
-    Process, assert_redis_away_holds_nothing_back, assert_redis_down_then_back, bodies_over_64_kib_are_refused, free_port,
-    import_chapter, no_request_gets_a_server_error, readme_has_current_diff, statuses_until_done, wait_for,
+    Process,
+    assert_redis_away_holds_nothing_back,
+    assert_redis_down_then_back,
+    bodies_over_64_kib_are_refused,
+    free_port,
+    import_chapter,
+    no_request_gets_a_server_error,
+    readme_has_current_diff,
+    statuses_until_done,
+    wait_for,
 )
 
 CHAPTER = "ch05_retry"
@@ -90,7 +99,11 @@ def test_an_address_that_is_always_down_fails_after_three_retries(client, worker
     task_id = client.post("/subscribe", json={"email": address("+down")}).json()["task_id"]
     statuses = statuses_until_done(client, task_id)
     assert [(status["state"], status["retries"]) for status in statuses] == [
-        ("PENDING", 0), ("RETRY", 1), ("RETRY", 2), ("RETRY", 3), ("FAILURE", 3),
+        ("PENDING", 0),
+        ("RETRY", 1),
+        ("RETRY", 2),
+        ("RETRY", 3),
+        ("FAILURE", 3),
     ]
     assert statuses[-1]["error"] == unavailable(chapter_env)
 
@@ -99,7 +112,11 @@ def test_an_address_that_works_never_retries(client, worker, third_party):
     email = address()
     task_id = client.post("/subscribe", json={"email": email}).json()["task_id"]
     assert statuses_until_done(client, task_id)[-1] == {
-        "task_id": task_id, "state": "SUCCESS", "retries": 0, "result": {"subscribed": email}, "error": None,
+        "task_id": task_id,
+        "state": "SUCCESS",
+        "retries": 0,
+        "result": {"subscribed": email},
+        "error": None,
     }
 
 
@@ -126,11 +143,20 @@ def test_the_declarative_task_backs_off(main, worker, third_party):
 
 def test_bad_input_is_refused_with_fastapis_message(client):
     response = client.post("/subscribe", json={"email": "not-an-address"})
-    assert (response.status_code, response.json()) == (422, {"detail": [{
-        "type": "value_error", "loc": ["body", "email"], "input": "not-an-address",
-        "msg": "value is not a valid email address: An email address must have an @-sign.",
-        "ctx": {"reason": "An email address must have an @-sign."},
-    }]})
+    assert (response.status_code, response.json()) == (
+        422,
+        {
+            "detail": [
+                {
+                    "type": "value_error",
+                    "loc": ["body", "email"],
+                    "input": "not-an-address",
+                    "msg": "value is not a valid email address: An email address must have an @-sign.",
+                    "ctx": {"reason": "An email address must have an @-sign."},
+                }
+            ]
+        },
+    )
     assert client.post("/subscribe", json={}).json()["detail"][0]["msg"] == "Field required"
     assert bodies_over_64_kib_are_refused(client, "/subscribe", f'{{"email": "{address()}"}}')
 
@@ -146,7 +172,7 @@ def test_the_page_shows_each_state_as_it_comes(page, web, worker, third_party):
     page.fill("input[name=email]", address("+fail1"))
     page.click("button")
     expect(states).to_contain_text("RETRY 1: HTTPError: 503 Server Error: Service Unavailable", timeout=15_000)
-    expect(states).to_contain_text("SUCCESS (retries: 1): {\"subscribed\":", timeout=15_000)
+    expect(states).to_contain_text('SUCCESS (retries: 1): {"subscribed":', timeout=15_000)
     first_task = next(url for url in requested if "/tasks/" in url)
     polls = requested.count(first_task)
 
@@ -180,7 +206,10 @@ def test_a_pending_retry_survives_a_reload_and_a_restart(stack, repository_copy)
     ch05 = stack("5", root=repository_copy, **env)
     ch05.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
     assert f"    page     {ch05.web}/form\n" in ch05.process.output
-    assert f"    3rd      http://127.0.0.1:{ch05.ports['THIRD_PARTY_PORT']}   (the email service's stand-in" in ch05.process.output
+    assert (
+        f"    3rd      http://127.0.0.1:{ch05.ports['THIRD_PARTY_PORT']}   (the email service's stand-in"
+        in ch05.process.output
+    )
 
     def subscribe_and_wait_for_the_retry():
         task_id = httpx2.post(f"{ch05.web}/subscribe", json={"email": address("+fail1")}).json()["task_id"]
@@ -195,7 +224,11 @@ def test_a_pending_retry_survives_a_reload_and_a_restart(stack, repository_copy)
     ch05.process.wait_for_output("1 change detected", timeout=10)
     wait_for(lambda: state(reloaded, ch05.web) == "SUCCESS", 30, "the retry, run by the reloaded worker")
     output = ch05.process.output
-    assert output.index("1 change detected") < output.rindex(" ready.") < output.index(f"Task tasks.subscribe[{reloaded}] succeeded")
+    assert (
+        output.index("1 change detected")
+        < output.rindex(" ready.")
+        < output.index(f"Task tasks.subscribe[{reloaded}] succeeded")
+    )
 
     restarted = subscribe_and_wait_for_the_retry()
     assert ch05.ctrl_c() == 130
@@ -205,7 +238,9 @@ def test_a_pending_retry_survives_a_reload_and_a_restart(stack, repository_copy)
 
 
 def test_while_redis_is_away_a_retry_waits_and_no_task_is_held_back(chapter, chapter_env, restartable_redis):
-    assert_redis_away_holds_nothing_back(chapter, chapter_env, restartable_redis, [address("+fail1")] + [address() for _ in range(5)])
+    assert_redis_away_holds_nothing_back(
+        chapter, chapter_env, restartable_redis, [address("+fail1")] + [address() for _ in range(5)]
+    )
 
 
 @pytest.mark.timeout(240)  # the killed worker's tasks come back after the 60 s visibility_timeout
@@ -216,12 +251,20 @@ def test_a_killed_worker_and_a_restarted_redis_lose_no_task(chapter, chapter_env
     The workers run in a copy of the chapter, so that the reload does not reach other tests' processes.
     """
     folder = shutil.copytree(chapter, tmp_path / CHAPTER, ignore=shutil.ignore_patterns("__pycache__"))
-    env = chapter_env | {"CELERY_BROKER_URL": restartable_redis.url, "CELERY_RESULT_BACKEND": restartable_redis.url,
-                         "THIRD_PARTY_URL": f"http://127.0.0.1:{free_port()}", "THIRD_PARTY_DELAY": "0.2"}
+    env = chapter_env | {
+        "CELERY_BROKER_URL": restartable_redis.url,
+        "CELERY_RESULT_BACKEND": restartable_redis.url,
+        "THIRD_PARTY_URL": f"http://127.0.0.1:{free_port()}",
+        "THIRD_PARTY_DELAY": "0.2",
+    }
     started = []
     try:
-        started.append(Process(["uvicorn", "third_party:app", "--port", env["THIRD_PARTY_URL"].rsplit(":", 1)[1]], folder, env))
-        first = Process(["celery", "-A", "main.celery", "worker", "--loglevel=info"], folder, env, start_new_session=True)
+        started.append(
+            Process(["uvicorn", "third_party:app", "--port", env["THIRD_PARTY_URL"].rsplit(":", 1)[1]], folder, env)
+        )
+        first = Process(
+            ["celery", "-A", "main.celery", "worker", "--loglevel=info"], folder, env, start_new_session=True
+        )
         started.append(first)
         emails = [address("+fail1" if n % 5 == 0 else "") for n in range(50)]
         with import_chapter(chapter, env) as main:
@@ -230,8 +273,18 @@ def test_a_killed_worker_and_a_restarted_redis_lose_no_task(chapter, chapter_env
             first.wait_for_output(" succeeded in ", timeout=30)
             os.killpg(first.proc.pid, signal.SIGKILL)  # the worker and its pool, mid-task
 
-            second = Process(["watchfiles", "--filter", "python", "--sigint-timeout", "60",
-                              "celery -A main.celery worker --loglevel=info"], folder, env)
+            second = Process(
+                [
+                    "watchfiles",
+                    "--filter",
+                    "python",
+                    "--sigint-timeout",
+                    "60",
+                    "celery -A main.celery worker --loglevel=info",
+                ],
+                folder,
+                env,
+            )
             started.append(second)
             second.wait_for_output(" ready.", timeout=30)
             restartable_redis.stop()
@@ -240,19 +293,25 @@ def test_a_killed_worker_and_a_restarted_redis_lose_no_task(chapter, chapter_env
             second.wait_for_output("1 change detected", timeout=10)
 
             def unfinished():
-                return {task_id: main.celery.AsyncResult(task_id).state for task_id, email in task_ids.items()
-                        if main.celery.AsyncResult(task_id).result != {"subscribed": email}}
+                return {
+                    task_id: main.celery.AsyncResult(task_id).state
+                    for task_id, email in task_ids.items()
+                    if main.celery.AsyncResult(task_id).result != {"subscribed": email}
+                }
 
             def quiet():  # nothing queued, nothing taken: a task that has not succeeded by now never will
                 server = redis.Redis(port=restartable_redis.port)
                 return server.llen("celery") == 0 and server.hlen("unacked") == 0
+
             try:
                 wait_for(lambda: quiet() and len(unfinished()) <= 1, 150, "every task to succeed")
             except AssertionError as exc:
                 server = redis.Redis(port=restartable_redis.port)
-                raise AssertionError(f"{exc}: {unfinished()}; queued {server.llen('celery')}, unacked "
-                                     f"{server.hlen('unacked')}, mutex {server.ttl('unacked_mutex')} s; the worker:\n"
-                                     f"{second.output[-4000:]}") from None
+                raise AssertionError(
+                    f"{exc}: {unfinished()}; queued {server.llen('celery')}, unacked "
+                    f"{server.hlen('unacked')}, mutex {server.ttl('unacked_mutex')} s; the worker:\n"
+                    f"{second.output[-4000:]}"
+                ) from None
             # The one loss Redis allows: a task it handed to the worker as it shut down (see the README)
             assert set(unfinished().values()) <= {"PENDING"}, unfinished()
         assert "Unrecoverable error" not in second.output

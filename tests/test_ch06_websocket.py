@@ -4,6 +4,7 @@ that leaves, the page, and what chapter 5 had.
 Real clients (the websockets package and Chromium) talk to the reader's `uvicorn main:app`; the stand-in answers
 in 0.1 s here, so that a hundred tasks take seconds.
 """
+
 import asyncio
 import json
 import uuid
@@ -13,12 +14,20 @@ import httpx2
 import pytest
 import redis
 import websockets
-from websockets.sync.client import connect
 from playwright.sync_api import expect
+from websockets.sync.client import connect
 
 from conftest import (
-    CLEAN_ENV, ROOT, Process, assert_redis_away_holds_nothing_back, assert_redis_down_then_back, find_redis_server, free_port,
-    no_request_gets_a_server_error, readme_has_current_diff, wait_for,
+    CLEAN_ENV,
+    ROOT,
+    Process,
+    assert_redis_away_holds_nothing_back,
+    assert_redis_down_then_back,
+    find_redis_server,
+    free_port,
+    no_request_gets_a_server_error,
+    readme_has_current_diff,
+    wait_for,
 )
 
 CHAPTER = "ch06_websocket"
@@ -75,7 +84,13 @@ def test_a_client_gets_success_then_the_server_closes(web, worker, third_party):
     email = address()
     task_id = start(web, "/subscribe", {"email": email})
     received, code = messages(web, task_id)
-    assert received[-1] == {"task_id": task_id, "state": "SUCCESS", "retries": 0, "result": {"subscribed": email}, "error": None}
+    assert received[-1] == {
+        "task_id": task_id,
+        "state": "SUCCESS",
+        "retries": 0,
+        "result": {"subscribed": email},
+        "error": None,
+    }
     assert [message["state"] for message in received][-2:] == ["STARTED", "SUCCESS"]
     assert code == 1000
 
@@ -83,7 +98,13 @@ def test_a_client_gets_success_then_the_server_closes(web, worker, third_party):
 def test_a_client_gets_failure_then_the_server_closes(web, worker, third_party, chapter_env):
     task_id = start(web, "/subscribe", {"email": address("+down")})
     received, code = messages(web, task_id)
-    assert received[-1] == {"task_id": task_id, "state": "FAILURE", "retries": 3, "result": None, "error": unavailable(chapter_env)}
+    assert received[-1] == {
+        "task_id": task_id,
+        "state": "FAILURE",
+        "retries": 3,
+        "result": None,
+        "error": unavailable(chapter_env),
+    }
     assert code == 1000
 
 
@@ -92,7 +113,8 @@ def test_a_client_that_comes_after_the_end_gets_the_final_state(web, worker, thi
     task_id = start(web, "/subscribe", {"email": email})
     wait_for(lambda: httpx2.get(f"{web}/tasks/{task_id}").json()["state"] == "SUCCESS", 15, "the task to end")
     assert messages(web, task_id) == (
-        [{"task_id": task_id, "state": "SUCCESS", "retries": 0, "result": {"subscribed": email}, "error": None}], 1000,
+        [{"task_id": task_id, "state": "SUCCESS", "retries": 0, "result": {"subscribed": email}, "error": None}],
+        1000,
     )
 
 
@@ -110,8 +132,13 @@ def test_a_client_that_comes_first_gets_every_state_in_order(main, web, worker, 
     received = listening_first(web, lambda task_id: main.subscribe.apply_async([email], task_id=task_id))
     error = unavailable(chapter_env)
     assert [(m["state"], m["retries"], m["error"]) for m in received] == [
-        ("PENDING", 0, None), ("STARTED", 0, None), ("RETRY", 1, error), ("STARTED", 1, None), ("RETRY", 2, error),
-        ("STARTED", 2, None), ("SUCCESS", 2, None),
+        ("PENDING", 0, None),
+        ("STARTED", 0, None),
+        ("RETRY", 1, error),
+        ("STARTED", 1, None),
+        ("RETRY", 2, error),
+        ("STARTED", 2, None),
+        ("SUCCESS", 2, None),
     ]
     assert received[-1]["result"] == {"subscribed": email}
 
@@ -121,12 +148,19 @@ def test_a_list_import_reports_its_progress(main, web, worker, third_party, chap
     received = listening_first(web, lambda task_id: main.import_list.apply_async([emails], task_id=task_id))
     assert [(m["state"], m["result"]) for m in received] == [("PENDING", None), ("STARTED", None)] + [
         ("PROGRESS", {"done": done, "total": 4}) for done in range(1, 5)
-    ] + [("SUCCESS", {"subscribed": 3, "failed": [f"{emails[1]}: {unavailable(chapter_env).removeprefix('HTTPError: ')}"]})]
+    ] + [
+        (
+            "SUCCESS",
+            {"subscribed": 3, "failed": [f"{emails[1]}: {unavailable(chapter_env).removeprefix('HTTPError: ')}"]},
+        )
+    ]
 
 
 def test_get_shows_the_same_json_started_included(web, worker, third_party):
     task_id = start(web, "/import", {"emails": [address() for _ in range(10)]})  # ten calls: a second or so
-    assert wait_for(lambda: httpx2.get(f"{web}/tasks/{task_id}").json()["state"] in ("STARTED", "PROGRESS"), 15, "STARTED")
+    assert wait_for(
+        lambda: httpx2.get(f"{web}/tasks/{task_id}").json()["state"] in ("STARTED", "PROGRESS"), 15, "STARTED"
+    )
     received, _ = messages(web, task_id)
     assert httpx2.get(f"{web}/tasks/{task_id}").json() == received[-1]
 
@@ -176,7 +210,11 @@ def test_clients_that_close_first_are_no_error(web, worker, third_party, redis_u
 
     run_async(together())
     server = redis.Redis.from_url(redis_url)
-    wait_for(lambda: all(n == 0 for _, n in server.pubsub_numsub(*(f"celery-task-meta-{t}" for t in task_ids))), 10, "no subscriber")
+    wait_for(
+        lambda: all(n == 0 for _, n in server.pubsub_numsub(*(f"celery-task-meta-{t}" for t in task_ids))),
+        10,
+        "no subscriber",
+    )
     assert "Exception in ASGI application" not in web.process.output
 
 
@@ -191,7 +229,7 @@ def test_a_client_that_leaves_early_leaves_no_subscription(web, redis_url):
         return sum(1 for client in server.client_list() if client["sub"] != "0")
 
     before = subscribed_connections()
-    with connect(socket_url(web, channel.removeprefix('celery-task-meta-'))) as socket:
+    with connect(socket_url(web, channel.removeprefix("celery-task-meta-"))) as socket:
         assert json.loads(socket.recv(10))["state"] == "PENDING"
         wait_for(lambda: subscribers() == 1, 10, "the subscription")
     wait_for(lambda: subscribers() == 0 and subscribed_connections() == before, 10, "the subscription to go")
@@ -199,9 +237,15 @@ def test_a_client_that_leaves_early_leaves_no_subscription(web, redis_url):
 
 def test_bad_input_is_refused_with_fastapis_message(web):
     too_many = httpx2.post(f"{web}/import", json={"emails": [address() for _ in range(11)]})
-    assert (too_many.status_code, too_many.json()["detail"][0]["msg"]) == (422, "List should have at most 10 items after validation, not 11")
+    assert (too_many.status_code, too_many.json()["detail"][0]["msg"]) == (
+        422,
+        "List should have at most 10 items after validation, not 11",
+    )
     not_one = httpx2.post(f"{web}/import", json={"emails": ["not-an-address"]})
-    assert not_one.json()["detail"][0]["msg"] == "value is not a valid email address: An email address must have an @-sign."
+    assert (
+        not_one.json()["detail"][0]["msg"]
+        == "value is not a valid email address: An email address must have an @-sign."
+    )
 
 
 def test_the_page_listens_and_makes_no_request_after_the_post(page, web, worker, third_party):
@@ -222,7 +266,13 @@ def test_the_page_listens_and_makes_no_request_after_the_post(page, web, worker,
 
     page.fill("input[name=email]", address("+fail2"))
     page.click("#one button")
-    for text in ("STARTED", "RETRY 1: HTTPError: 503", "RETRY 2: HTTPError: 503", "SUCCESS (retries: 2)", "socket closed (1000)"):
+    for text in (
+        "STARTED",
+        "RETRY 1: HTTPError: 503",
+        "RETRY 2: HTTPError: 503",
+        "SUCCESS (retries: 2)",
+        "socket closed (1000)",
+    ):
         expect(states).to_contain_text(text, timeout=15_000)
     assert requested == [f"POST {web}/import", f"POST {web}/subscribe"]
 
@@ -255,7 +305,9 @@ def test_without_redis_the_socket_closes_saying_so(start):
 
 
 def test_while_redis_is_away_a_retry_waits_and_no_task_is_held_back(chapter, chapter_env, restartable_redis):
-    assert_redis_away_holds_nothing_back(chapter, chapter_env, restartable_redis, [address("+fail1")] + [address() for _ in range(5)])
+    assert_redis_away_holds_nothing_back(
+        chapter, chapter_env, restartable_redis, [address("+fail1")] + [address() for _ in range(5)]
+    )
 
 
 def test_without_redis_the_api_says_so_and_recovers(chapter, chapter_env):

