@@ -358,6 +358,34 @@ def rabbitmq_url():
     subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True)
 
 
+POSTGRESQL = "postgresql://postgres@127.0.0.1:5432/test"  # these machines' and CI's: trust auth, a database "test"
+
+
+@pytest.fixture(scope="session")
+def postgresql():
+    """new(): a database of the test session's own on the PostgreSQL at 127.0.0.1:5432, its URL; dropped after."""
+    import psycopg
+
+    try:
+        admin = psycopg.connect(POSTGRESQL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError:
+        missing(
+            "no PostgreSQL at 127.0.0.1:5432 (user postgres, trust auth, a database test)",
+            "sudo apt install postgresql (Debian, Ubuntu) or brew install postgresql (macOS)",
+        )
+    names = []
+
+    def new():
+        names.append(f"tests_{uuid.uuid4().hex[:8]}")
+        admin.execute(f'CREATE DATABASE "{names[-1]}"')
+        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{names[-1]}"
+
+    yield new
+    for name in names:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # its connections closed first
+    admin.close()
+
+
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args):
     """Playwright drives the Chromium installed on the machine (browser downloads are not needed)."""
