@@ -1,7 +1,7 @@
 """The database: one engine per process, a session per request (get_session) and per task (Session()).
 
 SQLite gets WAL mode and a busy timeout, so that the web app and the workers write side by side; a worker's
-processes each open connections of their own. README: "What the settings guarantee".
+processes each open connections of their own. README: "Two writers on SQLite", "A connection per process".
 """
 
 from celery.signals import worker_process_init
@@ -10,16 +10,17 @@ from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 from config import get_settings
 
-WAIT = 1.5  # seconds a request waits for the database (SQLite's write lock): then it answers 503
+BUSY_TIMEOUT = 1.5  # seconds SQLite waits for another connection's write lock: then the API answers 503
 
 
 class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention={"uq": "uq_%(table_name)s_%(column_0_name)s"})  # names Alembic can alter
+    # constraints with names, so that a later migration can drop or change one by its name
+    metadata = MetaData(naming_convention={"uq": "uq_%(table_name)s_%(column_0_name)s"})
 
 
 def create_db_engine(url):
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": WAIT})  # the busy timeout: wait for the lock, not fail
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT})
         event.listen(engine, "connect", sqlite_pragmas)
         return engine
     # PostgreSQL: a connection the server dropped is replaced unseen; an unreachable server is given 2 s (libpq's least)
@@ -46,16 +47,15 @@ def new_connections_after_fork(**kwargs):  # a worker's process, forked: the par
 
 
 def unavailable(exc):  # an OperationalError (unreachable, locked) or a TimeoutError (no connection free in time)
-    reason = str(getattr(exc, "orig", None) or exc).splitlines()[
-        0
-    ]  # the driver's own words, without SQLAlchemy's notes
+    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]  # the driver's words, not SQLAlchemy's notes
     return f"The database is unavailable: {reason}"
 
 
 def on_commit(session, send):
     """Call send() once the session's transaction has committed, and never if it is rolled back instead.
 
-    For code that cannot send after its commit, as POST /users does (README: "Commit, then send")."""
+    For code that cannot be reordered to send after its commit, as POST /users is (README: "Commit, then send").
+    """
     session.info.setdefault("on_commit", []).append(send)
 
 
