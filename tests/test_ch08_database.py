@@ -75,13 +75,14 @@ def workers(start, migrated):
 def chapter_modules(main):
     """What the chapter's modules hold, as `main` imported them: its Session, User, task, on_commit and Celery app."""
     database, models, tasks = (sys.modules[name] for name in ("database", "models", "tasks"))
-    return SimpleNamespace(
+    yield SimpleNamespace(
         Session=database.Session,
         on_commit=database.on_commit,
         User=models.User,
         subscribe_user=tasks.subscribe_user,
         celery=main.celery,
     )
+    database.engine.dispose()  # its connections closed here, not by the garbage collector
 
 
 def address():
