@@ -1,0 +1,72 @@
+"""Settings for each environment, as plain classes; FASTAPI_CONFIG picks one. Celery's keys start with CELERY_.
+
+A worker changes a few for itself as it starts (patient_worker): it waits for Redis, where the API gives up at once.
+"""
+
+import logging
+import os
+from pathlib import Path
+
+from celery.signals import celeryd_init
+
+logger = logging.getLogger(__name__)
+
+
+class BaseConfig:
+    DEBUG = False
+    # SQLite, in a file beside this one, unless DATABASE_URL names another: postgresql+psycopg://user@host/name
+    DATABASE_URL = os.environ.get("DATABASE_URL", f"sqlite:///{Path(__file__).with_name('app.db')}")
+    CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+    CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/0")
+    CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": {"max_retries": 1}}  # no Redis: a 503 at once
+    CELERY_RESULT_EXTENDED = True  # a result keeps its task's retry count, for GET /tasks/{task_id}
+    CELERY_TASK_TRACK_STARTED = True  # the worker stores STARTED when a task starts: it is pushed like the others
+    CELERY_TASK_ACKS_LATE = True  # a task leaves Redis when it ends, not when it starts: a crash loses nothing
+    CELERY_TASK_REJECT_ON_WORKER_LOST = True  # and a task whose process was killed is queued again at once
+    CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # a worker holds only the tasks it runs; the rest wait in Redis
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": 60,  # a task a dead worker held is handed out again after 60 s: > any countdown here
+        "unacked_restore_throttle": 1,  # and looked for every 10 s, not every 100 s
+        "unacked_mutex_expire": 10,  # one worker looks at a time; a killed one's turn lapses in 10 s, not 5 min
+    }
+
+
+@celeryd_init.connect
+def patient_worker(conf, **kwargs):  # the worker, unlike the API, waits for Redis as long as it takes,
+    conf.result_backend_transport_options = {}
+    conf.result_backend_always_retry = True  # to store a result
+    conf.task_publish_retry_policy = {  # and to send a retry, which Celery would otherwise drop after 0.6 s
+        "max_retries": None,
+        "interval_step": 1,
+        "interval_max": 2,
+        "errback": redis_away,
+    }
+
+
+def redis_away(exc, interval):
+    logger.warning("Redis is unreachable (%s): sending again in %g s", exc, interval)
+
+
+class DevelopmentConfig(BaseConfig):
+    DEBUG = True  # tracebacks in 500 responses
+
+
+class ProductionConfig(BaseConfig):
+    pass
+
+
+class TestingConfig(BaseConfig):
+    CELERY_BROKER_URL = "memory://"
+    CELERY_RESULT_BACKEND = "cache+memory://"
+    CELERY_TASK_ALWAYS_EAGER = True  # .delay() runs the task right there: no broker, no worker
+    CELERY_TASK_STORE_EAGER_RESULT = True  # and keeps its result, for GET /tasks/{task_id}
+
+
+CONFIGS = {"development": DevelopmentConfig, "production": ProductionConfig, "testing": TestingConfig}
+
+
+def get_settings():
+    name = os.environ.get("FASTAPI_CONFIG", "development")
+    if name not in CONFIGS:
+        raise ValueError(f"FASTAPI_CONFIG={name!r}: use one of {', '.join(CONFIGS)}")
+    return CONFIGS[name]()

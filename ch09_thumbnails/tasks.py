@@ -1,0 +1,74 @@
+"""The tasks: divide, a slow, flaky third-party service called with retries, a list import, a user's subscription."""
+
+import math
+import os
+from datetime import UTC, datetime
+from time import sleep
+
+import requests
+from celery import shared_task
+from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
+
+from database import Session, unavailable
+from models import User
+
+THIRD_PARTY_URL = os.environ.get("THIRD_PARTY_URL", "http://127.0.0.1:8010")
+COUNTDOWN = int(os.environ.get("RETRY_COUNTDOWN", 5))  # the guide's 5 s between tries; the tests wait less
+
+
+@shared_task
+def divide(x, y):
+    sleep(5)  # stands in for slow work, so you can watch the task go from PENDING to SUCCESS
+    quotient = x / y
+    if math.isinf(quotient):  # 1e308 / 1e-308: JSON has no Infinity to store it as
+        raise OverflowError(f"{x} / {y} is too large for a float")
+    return quotient
+
+
+def call_third_party(email):
+    response = requests.post(f"{THIRD_PARTY_URL}/subscribe", json={"email": email}, timeout=10)
+    response.raise_for_status()  # a 503 raises HTTPError, as a refused connection or a timeout raise theirs
+    return response.json()
+
+
+@shared_task(bind=True)  # bound: the task itself comes first, as self
+def subscribe(self, email):
+    try:
+        return call_third_party(email)
+    except requests.RequestException as exc:
+        raise self.retry(exc=exc, countdown=COUNTDOWN)  # at most max_retries=3 times; then exc is the error
+
+
+@shared_task(autoretry_for=(requests.RequestException,), max_retries=3, retry_backoff=COUNTDOWN, retry_jitter=False)
+def subscribe_with_backoff(email):  # the same, declared: retries after 5 s, then 10 s, then 20 s
+    return call_third_party(email)
+
+
+@shared_task(bind=True)
+def import_list(self, emails):  # one call per address; each PROGRESS is stored, so pushed to the page
+    failed = []
+    for done, email in enumerate(emails, 1):
+        try:
+            call_third_party(email)
+        except requests.RequestException as exc:
+            failed.append(f"{email}: {exc}")
+        self.update_state(state="PROGRESS", meta={"done": done, "total": len(emails)})
+    return {"subscribed": len(emails) - len(failed), "failed": failed}
+
+
+@shared_task(bind=True, max_retries=None)  # the database away: retried until it is back; the service: 3 times
+def subscribe_user(self, user_id):  # the id, never the User: the task reads the row as committed when it runs
+    try:
+        with Session() as session:  # NoResultFound here: the task was sent before the user was committed
+            user = session.execute(select(User).where(User.id == user_id)).scalar_one()
+        if user.subscribed_at is None:  # a retry, a redelivery or a second send of a subscribed user calls nobody
+            call_third_party(user.email)
+            with Session.begin() as session:  # a write first: SQLite's busy timeout covers it (README)
+                subscribed = update(User).where(User.id == user_id, User.subscribed_at.is_(None))
+                session.execute(subscribed.values(subscribed_at=datetime.now(UTC)))
+    except requests.RequestException as exc:
+        raise self.retry(exc=exc, countdown=COUNTDOWN, max_retries=3)
+    except OperationalError as exc:  # stored as a ConnectionError: Celery cannot rebuild SQLAlchemy's from JSON
+        raise self.retry(exc=ConnectionError(unavailable(exc)), countdown=COUNTDOWN)
+    return {"subscribed": user.email}

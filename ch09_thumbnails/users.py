@@ -1,0 +1,60 @@
+"""POST /users stores a user, then sends its subscription task; GET /users/{id} shows the user and the task's state.
+
+The order is the point: the task is sent once the user is committed, with the user's id (README: "Commit, then send").
+"""
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from pydantic import BaseModel, EmailStr, Field
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from database import get_session
+from errors import BAD_BODY
+from models import User
+from status import task_status
+from tasks import subscribe_user
+
+users_router = APIRouter()
+DB = Annotated[Session, Depends(get_session)]
+UNAVAILABLE = {503: {"description": "The database or Redis is unavailable"}}
+
+
+class NewUser(BaseModel):
+    email: EmailStr
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00]*$")  # PostgreSQL's text cannot hold a NUL
+
+
+@users_router.post(
+    "/users", status_code=201, responses={409: {"description": "The email is taken"}, **BAD_BODY, **UNAVAILABLE}
+)
+def create_user(new_user: NewUser, session: DB):
+    user = User(email=new_user.email, name=new_user.name, task_id=str(uuid.uuid4()))
+    session.add(user)
+    try:
+        session.commit()
+    except IntegrityError:  # the unique email, checked by the database itself: two requests at once cannot both pass
+        raise HTTPException(409, f"a user with the email {new_user.email} exists already") from None
+    subscribe_user.apply_async([user.id], task_id=user.task_id)  # committed first, so the task finds the user
+    return {"id": user.id, "task_id": user.task_id}
+
+
+def as_utc(moment: datetime | None):  # SQLite keeps no time zone: what it holds is UTC
+    return moment and (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC))
+
+
+@users_router.get("/users/{user_id}", responses={404: {"description": "No such user"}, **UNAVAILABLE})
+def get_user(user_id: Annotated[int, Path(ge=1, lt=2**31)], request: Request, session: DB):
+    user = session.get(User, user_id)
+    if user is None:
+        raise HTTPException(404, f"no user {user_id}")
+    return {
+        "id": user.id,
+        "email": user.email,
+        "name": user.name,
+        "subscribed_at": as_utc(user.subscribed_at),
+        "task": task_status(user.task_id, request.app.state.celery.backend.get_task_meta(user.task_id)),
+    }
