@@ -16,6 +16,8 @@ class BaseConfig:
     DEBUG = False
     # SQLite, in a file beside this one, unless DATABASE_URL names another: postgresql+psycopg://user@host/name
     DATABASE_URL = os.environ.get("DATABASE_URL", f"sqlite:///{Path(__file__).with_name('app.db')}")
+    # uploads and thumbnails, in a folder beside this one: the web app and the images worker must share it
+    MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", Path(__file__).with_name("media")))
     CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
     CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/0")
     CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": {"max_retries": 1}}  # no Redis: a 503 at once
@@ -24,6 +26,7 @@ class BaseConfig:
     CELERY_TASK_ACKS_LATE = True  # a task leaves Redis when it ends, not when it starts: a crash loses nothing
     CELERY_TASK_REJECT_ON_WORKER_LOST = True  # and a task whose process was killed is queued again at once
     CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # a worker holds only the tasks it runs; the rest wait in Redis
+    CELERY_TASK_ROUTES = {"images.*": {"queue": "images"}}  # image work has a queue, and a worker, of its own
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": 60,  # a task a dead worker held is handed out again after 60 s: > any countdown here
         "unacked_restore_throttle": 1,  # and looked for every 10 s, not every 100 s

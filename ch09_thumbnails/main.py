@@ -1,7 +1,7 @@
-"""Chapter 8: users in a database (SQLAlchemy 2, Alembic), each subscribed by a task sent once the user is committed.
+"""Chapter 9: a user's avatar, made a thumbnail by a task on a queue of its own, so that uploads delay no subscription.
 
-Run: uvicorn third_party:app --port 8010, celery -A main.celery worker --loglevel=info,
-alembic upgrade head && uvicorn main:app --reload
+Run: uvicorn third_party:app --port 8010, celery -A main.celery worker --loglevel=info -Q celery -n celery@%h,
+celery -A main.celery worker --loglevel=info -Q images -n images@%h, alembic upgrade head && uvicorn main:app --reload
 """
 
 from pathlib import Path
@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, FiniteFloat
 
 from config import get_settings
 from errors import BAD_BODY, add_error_handlers
+from images import images_router, thumbnails
 from status import lifespan, status_router
 from tasks import divide, import_list, subscribe
 from users import users_router
@@ -71,8 +72,13 @@ def form():  # chapter 5's page: it polls
 
 
 @router.get("/form_ws", include_in_schema=False)
-def form_ws():  # this chapter's page: it listens
+def form_ws():  # chapter 6's page: it listens
     return FileResponse(Path(__file__).with_name("form_ws.html"))
+
+
+@router.get("/form_avatar", include_in_schema=False)
+def form_avatar():  # this chapter's page: an upload, its states, then its thumbnail
+    return FileResponse(Path(__file__).with_name("form_avatar.html"))
 
 
 def create_app() -> FastAPI:
@@ -83,6 +89,8 @@ def create_app() -> FastAPI:
     app.include_router(router)
     app.include_router(status_router)
     app.include_router(users_router)  # and with it the models, for the app as for Alembic
+    app.include_router(images_router)
+    app.mount("/media/thumbnails", thumbnails())
     add_error_handlers(app)
     return app
 

@@ -16,3 +16,4 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(100))
     subscribed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # None until the service said yes
     task_id: Mapped[str] = mapped_column(String(36))  # the subscription task, whose state GET /users/{id} shows
+    thumbnail_url: Mapped[str | None] = mapped_column(String(200))  # /media/thumbnails/...: None until one is made

@@ -21,6 +21,7 @@ from tasks import subscribe_user
 users_router = APIRouter()
 DB = Annotated[Session, Depends(get_session)]
 UNAVAILABLE = {503: {"description": "The database or Redis is unavailable"}}
+UserId = Annotated[int, Path(ge=1, lt=2**31)]  # an id the database's INTEGER can hold
 
 
 class NewUser(BaseModel):
@@ -47,7 +48,7 @@ def as_utc(moment: datetime | None):  # SQLite keeps no time zone: what it holds
 
 
 @users_router.get("/users/{user_id}", responses={404: {"description": "No such user"}, **UNAVAILABLE})
-def get_user(user_id: Annotated[int, Path(ge=1, lt=2**31)], request: Request, session: DB):
+def get_user(user_id: UserId, request: Request, session: DB):
     user = session.get(User, user_id)
     if user is None:
         raise HTTPException(404, f"no user {user_id}")
@@ -56,5 +57,6 @@ def get_user(user_id: Annotated[int, Path(ge=1, lt=2**31)], request: Request, se
         "email": user.email,
         "name": user.name,
         "subscribed_at": as_utc(user.subscribed_at),
+        "thumbnail_url": user.thumbnail_url,
         "task": task_status(user.task_id, request.app.state.celery.backend.get_task_meta(user.task_id)),
     }
