@@ -21,8 +21,8 @@ Usage: ./run_all.sh CHAPTER          run the chapter: Redis, worker and web app 
        ./run_all.sh test [ARGS]      run the test suite (ARGS go to pytest)
        ./run_all.sh shell CHAPTER    a Python shell inside the chapter, its main module imported
        ./run_all.sh diff CHAPTER     what the chapter changed since the chapter before (its .py and .html files)
-       ./run_all.sh bench [NAME]     run the benchmarks, or the one named (enqueue, responsive, push, startup);
-                                     --short: a quick pass of each
+       ./run_all.sh bench [NAME]     run the benchmarks, or the one named (enqueue, responsive, push, startup,
+                                     thumbnails); --short: a quick pass of each
 
 CHAPTER is a folder name, or just its number: ch03_divide, ch03 and 3 are the same.
 EOF
@@ -315,7 +315,7 @@ print('Names:', ', '.join(name for name in sorted(globals()) if not name.startsw
 run_bench() {  # run_bench [NAME...] [--short]
   ensure_venv requirements.txt
   export PATH=$VENV/bin:$PATH
-  local all=(enqueue responsive push startup) names=() name
+  local all=(enqueue responsive push startup thumbnails) names=() name
   for name; do [[ $name == --short ]] || names+=("$name"); done
   for name in "${names[@]:-${all[@]}}"; do  # each gets every argument: --short, and names it ignores
     [[ -f $ROOT/bench/$name.py ]] || die "no benchmark '$name'; the benchmarks are: ${all[*]}"
