@@ -96,10 +96,14 @@ def make_thumbnail(self, user_id, upload):  # upload: the file's name in the upl
     source, name = UPLOADS / os.path.basename(upload), f"{os.path.basename(upload)}.png"
     if not source.is_file():
         raise BadImage(f"no upload named {upload!r}")
-    with opened(source) as image:
-        image.thumbnail(SIZE)  # a JPEG is decoded at the smallest scale still big enough: fast, and little memory
-        small = ImageOps.exif_transpose(image)  # a phone's portrait photo, upright
-        small = small.convert("RGBA" if "A" in small.getbands() or "transparency" in small.info else "RGB")
+    try:
+        with opened(source) as image:
+            image.thumbnail(SIZE)  # a JPEG is decoded at the smallest scale still big enough: fast, little memory
+            small = ImageOps.exif_transpose(image)  # a phone's portrait photo, upright
+            small = small.convert("RGBA" if "A" in small.getbands() or "transparency" in small.info else "RGB")
+    except BadImage:
+        source.unlink()  # nothing of a bad file is kept
+        raise
     THUMBNAILS.mkdir(parents=True, exist_ok=True)
     small.save(THUMBNAILS / f"{name}.part", "PNG")
     os.replace(THUMBNAILS / f"{name}.part", THUMBNAILS / name)  # whole, or not there: never served half-written
