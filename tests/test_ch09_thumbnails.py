@@ -178,11 +178,6 @@ def test_an_avatar_becomes_a_thumbnail_served_under_media(web, workers, media):
     assert httpx2.get(f"{web}/media/uploads/{name}").status_code == 404  # the uploads are not served
 
 
-def test_a_portrait_photo_is_made_upright(web, workers):
-    status, _ = thumbnail_of(web, portrait_photo())
-    assert (status["state"], status["result"]["width"], status["result"]["height"]) == ("SUCCESS", 96, 128)
-
-
 def test_the_states_are_pushed_over_the_websocket(web, workers):
     task_id = upload(web, new_user(web), image(size=(2000, 1500))).json()["task_id"]
     with connect(f"ws{web.removeprefix('http')}/ws/task_status/{task_id}", open_timeout=10) as websocket:
@@ -209,6 +204,11 @@ def test_image_tasks_run_on_the_images_worker_and_subscriptions_on_the_other(web
     assert "Task images." not in default and "Task tasks." not in images  # of every task these tests sent
 
 
+def test_a_portrait_photo_is_made_upright(web, workers):
+    status, _ = thumbnail_of(web, portrait_photo())
+    assert (status["state"], status["result"]["width"], status["result"]["height"]) == ("SUCCESS", 96, 128)
+
+
 @pytest.mark.parametrize(
     "data, detail",
     [
@@ -232,30 +232,6 @@ def test_a_bad_file_is_a_422_and_is_not_kept(web, media, data, detail):
     assert set((media / "uploads").iterdir()) == kept
 
 
-def test_a_truncated_jpeg_is_a_failure_saying_so_and_is_not_kept(web, workers, media):
-    kept = set((media / "uploads").iterdir())
-    status, user = thumbnail_of(web, image(size=(640, 480))[:-2000])
-    assert (status["state"], user["thumbnail_url"]) == ("FAILURE", None)
-    assert status["error"].startswith("BadImage: the image cannot be read: image file is truncated ("), status
-    assert set((media / "uploads").iterdir()) == kept
-
-
-def test_the_task_itself_refuses_a_bomb_and_any_path_outside_its_folder(web, workers, media, main):
-    """The task, sent as from the shell, with what the API would refuse: the worker defends itself too."""
-    user_id = new_user(web)
-    (media / "uploads" / "bomb").write_bytes(decompression_bomb())
-    make_thumbnail = sys.modules["images"].make_thumbnail
-    bomb, outside = make_thumbnail.delay(user_id, "bomb"), make_thumbnail.delay(user_id, "../../app.db")
-    assert when_done(web, bomb.id)["error"] == (
-        "BadImage: Image size (100000000 pixels) exceeds limit of 89478485 pixels, could be decompression bomb DOS "
-        "attack."
-    )
-    assert when_done(web, outside.id)["error"] == "BadImage: no upload named '../../app.db'"
-    for name, worker in workers.items():
-        assert worker.proc.poll() is None, name
-        assert "WorkerLostError" not in worker.output and "Traceback" not in worker.output, worker.output
-
-
 def test_no_user_is_a_404_and_a_missing_file_a_422(web):
     missing = upload(web, 2147483647, image())
     assert (missing.status_code, missing.json()) == (404, {"detail": "no user 2147483647"})
@@ -265,6 +241,14 @@ def test_no_user_is_a_404_and_a_missing_file_a_422(web):
         ["body", "file"],
         "Field required",
     )
+
+
+def test_a_truncated_jpeg_is_a_failure_saying_so_and_is_not_kept(web, workers, media):
+    kept = set((media / "uploads").iterdir())
+    status, user = thumbnail_of(web, image(size=(640, 480))[:-2000])
+    assert (status["state"], user["thumbnail_url"]) == ("FAILURE", None)
+    assert status["error"].startswith("BadImage: the image cannot be read: image file is truncated ("), status
+    assert set((media / "uploads").iterdir()) == kept
 
 
 def test_up_to_10_mib_is_taken(web, workers):
@@ -296,6 +280,22 @@ def test_an_oversized_upload_is_refused_before_it_is_sent(web):
 def test_every_other_route_keeps_the_64_kib_limit(web):
     with httpx2.Client(base_url=web) as client:
         assert bodies_over_64_kib_are_refused(client, path="/subscribe", body='{"email": "kib@example.com"}')
+
+
+def test_the_task_itself_refuses_a_bomb_and_any_path_outside_its_folder(web, workers, media, main):
+    """The task, sent as from the shell, with what the API would refuse: the worker defends itself too."""
+    user_id = new_user(web)
+    (media / "uploads" / "bomb").write_bytes(decompression_bomb())
+    make_thumbnail = sys.modules["images"].make_thumbnail
+    bomb, outside = make_thumbnail.delay(user_id, "bomb"), make_thumbnail.delay(user_id, "../../app.db")
+    assert when_done(web, bomb.id)["error"] == (
+        "BadImage: Image size (100000000 pixels) exceeds limit of 89478485 pixels, could be decompression bomb DOS "
+        "attack."
+    )
+    assert when_done(web, outside.id)["error"] == "BadImage: no upload named '../../app.db'"
+    for name, worker in workers.items():
+        assert worker.proc.poll() is None, name
+        assert "WorkerLostError" not in worker.output and "Traceback" not in worker.output, worker.output
 
 
 def test_the_page_shows_the_states_then_the_thumbnail(page, web, workers, tmp_path):
