@@ -29,7 +29,7 @@ FORMATS = ("JPEG", "PNG", "GIF", "WEBP")  # Pillow's readers for these only: non
 SIZE = (128, 128)  # the thumbnail fits in this box, its proportions kept
 UPLOADS, THUMBNAILS = get_settings().MEDIA_ROOT / "uploads", get_settings().MEDIA_ROOT / "thumbnails"
 # More pixels than Image.MAX_IMAGE_PIXELS (89.5 million) is an error, in this whole process: Pillow only warns below
-# twice that, and a 10,000 x 10,000 PNG of 12 kB would then take 100 MB, or more, to decode.
+# twice that, and a PNG of 12 kB can hold 100 million pixels, 300 MB once decoded in colour (README: "Uploads, safely").
 warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 images_router = APIRouter()
