@@ -42,7 +42,7 @@ def create_user(new_user: NewUser, session: DB):
     return {"id": user.id, "task_id": user.task_id}
 
 
-def as_utc(moment: datetime | None):  # SQLite keeps no time zone: what it holds is UTC
+def as_utc(moment: datetime | None):  # SQLite keeps no time zone: what it holds is UTC, as written by models.py
     return moment and (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC))
 
 
@@ -55,6 +55,7 @@ def get_user(user_id: Annotated[int, Path(ge=1, lt=2**31)], request: Request, se
         "id": user.id,
         "email": user.email,
         "name": user.name,
+        "created_at": as_utc(user.created_at),
         "subscribed_at": as_utc(user.subscribed_at),
         "task": task_status(user.task_id, request.app.state.celery.backend.get_task_meta(user.task_id)),
     }

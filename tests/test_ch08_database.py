@@ -137,9 +137,11 @@ def test_a_user_is_stored_then_subscribed(web, workers, third_party):
         "id": user_id,
         "email": email,
         "name": "Ann",
+        "created_at": body["created_at"],
         "subscribed_at": body["subscribed_at"],
         "task": {"task_id": task_id, "state": "SUCCESS", "retries": 0, "result": {"subscribed": email}, "error": None},
     }
+    assert body["created_at"] < body["subscribed_at"]
     assert body["subscribed_at"].endswith("+00:00")  # UTC, on SQLite as on PostgreSQL
 
 
