@@ -7,24 +7,14 @@ from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, EmailStr, FiniteFloat
 
 from config import create_celery, get_settings
 from errors import add_error_handlers
+from schemas import Numbers, Subscriber
 from tasks import divide, subscribe
 
 router = APIRouter()
 BAD_BODY_RESPONSES = {400: {"description": "Not UTF-8 JSON"}, 413: {"description": "Over 64 KiB"}}
-
-
-class Numbers(BaseModel):
-    model_config = ConfigDict(strict=True)  # numbers only: not "5", not true
-    x: FiniteFloat
-    y: FiniteFloat
-
-
-class Subscriber(BaseModel):
-    email: EmailStr
 
 
 @router.get("/")

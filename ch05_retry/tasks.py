@@ -35,7 +35,6 @@ def subscribe(self, email):
         raise self.retry(exc=exc, countdown=COUNTDOWN) from exc
 
 
-# The same, declared: retries after 5 s, then 10 s, then 20 s.
 @shared_task(autoretry_for=(requests.RequestException,), max_retries=3, retry_backoff=COUNTDOWN, retry_jitter=False)
-def subscribe_with_backoff(email):
+def subscribe_with_backoff(email):  # the same, declared: retries after 5 s, then 10 s, then 20 s
     return call_third_party(email)

@@ -7,29 +7,15 @@ from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, FiniteFloat
 
 from config import create_celery, get_settings
 from errors import add_error_handlers
+from schemas import MailingList, Numbers, Subscriber
 from status import lifespan, status_router
 from tasks import divide, import_list, subscribe
 
 router = APIRouter()
 BAD_BODY_RESPONSES = {400: {"description": "Not UTF-8 JSON"}, 413: {"description": "Over 64 KiB"}}
-
-
-class Numbers(BaseModel):
-    model_config = ConfigDict(strict=True)  # numbers only: not "5", not true
-    x: FiniteFloat
-    y: FiniteFloat
-
-
-class Subscriber(BaseModel):
-    email: EmailStr
-
-
-class MailingList(BaseModel):
-    emails: list[EmailStr] = Field(min_length=1, max_length=10)  # a call of 5 s each: a minute at most
 
 
 @router.get("/")
