@@ -24,10 +24,9 @@ class BaseConfig:
     CELERY_TASK_ACKS_LATE = True
     CELERY_TASK_REJECT_ON_WORKER_LOST = True
     CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-    # How a dead worker's tasks come back: handed out again 60 s after it took them, more than any countdown here;
-    # looked for every 10 s (interval x throttle: kombu's default is 10 s x 10); by one worker at a time, under a lock
-    # that lapses after 10 s, not kombu's 5 min, if its worker is killed. See ch05_retry/README.md, "What a retry
-    # survives".
+    # How a dead worker's tasks come back (see ch05_retry/README.md, "What a retry survives"): handed out again 60 s
+    # after it took them, more than any countdown here; looked for every 10 s (interval x throttle, where kombu's
+    # default is 10 s x 10); by one worker at a time, under a lock that lapses in 10 s, not 5 min, if its worker dies.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": 60,
         "unacked_restore_interval": 10,
