@@ -10,7 +10,7 @@ from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 from config import get_settings
 
-BUSY_TIMEOUT = 1.5  # seconds SQLite waits for another connection's write lock: then the API answers 503
+BUSY_TIMEOUT = 1  # seconds SQLite waits for another connection's write lock: then the API answers 503
 
 
 class Base(DeclarativeBase):

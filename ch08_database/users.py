@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
-from pydantic import BaseModel, EmailStr, Field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from database import get_session
-from errors import BAD_BODY
+from errors import BAD_BODY_RESPONSES
 from models import User
+from schemas import NewUser
 from status import task_status
 from tasks import subscribe_user
 
@@ -23,13 +23,10 @@ DB = Annotated[Session, Depends(get_session)]
 UNAVAILABLE = {503: {"description": "The database or Redis is unavailable"}}
 
 
-class NewUser(BaseModel):
-    email: EmailStr
-    name: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00]*$")  # PostgreSQL's text cannot hold a NUL
-
-
 @users_router.post(
-    "/users", status_code=201, responses={409: {"description": "The email is taken"}, **BAD_BODY, **UNAVAILABLE}
+    "/users",
+    status_code=201,
+    responses={409: {"description": "The email is taken"}, **BAD_BODY_RESPONSES, **UNAVAILABLE},
 )
 def create_user(new_user: NewUser, session: DB):
     user = User(email=new_user.email, name=new_user.name, task_id=str(uuid.uuid4()))

@@ -284,10 +284,11 @@ def test_the_database_away_is_a_503_in_under_2_s_and_a_task_waits_for_it(
         task = chapter_modules.subscribe_user.apply_async([user.id], task_id=user.task_id)
         started = time.monotonic()
         refused = new_user(web, address())
-        assert time.monotonic() - started < 2
-        assert refused.status_code == 503
-        assert refused.json()["detail"].startswith("The database is unavailable: ")
-        assert reason in refused.json()["detail"]
+        took = time.monotonic() - started
+        assert (refused.status_code, took < 2) == (503, True), (took, refused.text)
+        assert (
+            refused.json()["detail"].startswith("The database is unavailable: ") and reason in refused.json()["detail"]
+        )
         status = wait_for(
             lambda: task_status(web, task.id)["state"] == "RETRY" and task_status(web, task.id), 20, "RETRY"
         )
@@ -307,7 +308,9 @@ def test_the_users_task_is_pushed_over_the_websocket(web, workers, third_party):
     assert '"state":"SUCCESS"' in final and email in final
 
 
-def test_no_request_gets_a_server_error(api_schema, migrated):
+def test_no_request_gets_a_server_error(api_schema, migrated, database_url):
+    if database_url.startswith("postgresql"):  # the rest of the API is SQLite's run's, and chapter 6's: the same code
+        api_schema = api_schema.include(path_regex="^/users")
     assert no_request_gets_a_server_error(api_schema)
 
 
