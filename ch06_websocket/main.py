@@ -38,7 +38,7 @@ class Subscriber(BaseModel):
 
 
 class MailingList(BaseModel):
-    emails: list[EmailStr] = Field(min_length=1, max_length=10)  # a call of 5 s each: under a minute in all
+    emails: list[EmailStr] = Field(min_length=1, max_length=10)  # called together: the time of one call
 
 
 @router.get("/")
@@ -77,8 +77,8 @@ def form_ws():  # this chapter's page: it listens
 def create_app() -> FastAPI:
     settings = get_settings()
     app = FastAPI(debug=settings.DEBUG, max_body_size=65_536, lifespan=lifespan)  # a bigger body: 413, unread
-    app.settings = settings
-    app.celery_app = create_celery(settings)
+    app.state.settings = settings
+    app.state.celery = create_celery(settings)
     app.include_router(router)
     app.include_router(status_router)
     add_error_handlers(app)
@@ -86,4 +86,4 @@ def create_app() -> FastAPI:
 
 
 app = create_app()
-celery = app.celery_app
+celery = app.state.celery
