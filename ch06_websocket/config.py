@@ -21,8 +21,13 @@ class BaseConfig:
     CELERY_TASK_ACKS_LATE = True  # a task leaves Redis when it ends, not when it starts: a crash loses nothing
     CELERY_TASK_REJECT_ON_WORKER_LOST = True  # and a task whose process was killed is queued again at once
     CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # a worker holds only the tasks it runs; the rest wait in Redis
+    # No task runs past these, so none is held past the visibility_timeout below (README: "Time limits"): at 30 s
+    # SoftTimeLimitExceeded is raised in the task, which ends FAILURE; at 35 s its process is killed
+    CELERY_TASK_SOFT_TIME_LIMIT = 30
+    CELERY_TASK_TIME_LIMIT = 35
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "visibility_timeout": 60,  # a task a dead worker held is handed out again after 60 s: > any countdown here
+        # a task a dead worker held is handed out again after 60 s: > the time limit plus the longest countdown
+        "visibility_timeout": 60,
         "unacked_restore_throttle": 1,  # and looked for every 10 s, not every 100 s
         "unacked_mutex_expire": 10,  # one worker looks at a time; a killed one's turn lapses in 10 s, not 5 min
     }
