@@ -15,6 +15,7 @@ import pytest
 import redis
 import requests
 from fastapi.testclient import TestClient
+from limits import longest_hold
 from playwright.sync_api import expect
 
 from conftest import (
@@ -185,6 +186,14 @@ def test_the_page_shows_each_state_as_it_comes(page, web, worker, third_party):
     page.click("button")
     expect(states).to_have_text("422: value is not a valid email address: An email address must have an @-sign.")
     assert page.evaluate("window.notReloaded")
+
+
+def test_no_task_outlives_the_visibility_timeout(chapter, chapter_env):
+    reader_env = {k: v for k, v in chapter_env.items() if k != "RETRY_COUNTDOWN"}
+    with import_chapter(chapter, reader_env) as main:
+        run, countdown, visibility_timeout = longest_hold(main)
+    assert (run, countdown, visibility_timeout) == (35, 20, 60)
+    assert run + countdown < visibility_timeout
 
 
 def test_a_task_whose_process_is_killed_runs_again(main, worker, third_party):

@@ -8,9 +8,9 @@ in 0.1 s here, so that a hundred tasks take seconds.
 import asyncio
 import json
 import resource
+import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from socket import SO_RCVBUF, SOL_SOCKET, socket
 
 import httpx2
 import pytest
@@ -178,7 +178,7 @@ def test_a_hundred_clients_on_a_hundred_tasks_get_their_own_final_message(web, w
     async def everyone():
         return await asyncio.wait_for(asyncio.gather(*(listen(task_id) for task_id in task_ids)), 90)
 
-    for task_id, email, (received, code) in zip(task_ids, emails, run_async(everyone())):
+    for task_id, email, (received, code) in zip(task_ids, emails, run_async(everyone()), strict=True):
         assert {message["task_id"] for message in received} == {task_id}
         assert [message["state"] for message in received].count("SUCCESS") == 1
         assert (received[-1]["result"], code) == ({"subscribed": email}, 1000)
@@ -358,8 +358,8 @@ def test_past_what_the_process_can_hold_new_sockets_are_refused_and_the_api_answ
             pass
         answer = await asyncio.to_thread(httpx2.get, f"{web}/")
         connections = len(server.client_list()) - before
-        for socket in sockets:
-            await socket.close()
+        for held in sockets:
+            await held.close()
         return {m["state"] for m in firsts}, (refused.close_code, refused.close_reason), answer.status_code, connections
 
     try:
@@ -379,8 +379,8 @@ def test_a_client_too_far_behind_is_closed_and_the_others_are_not_delayed(web, r
     key = f"celery-task-meta-{task_id}"
     big = json.dumps({"status": "PROGRESS", "result": {"padding": "x" * 50_000}, "task_id": task_id})
     # A client that opens the socket by hand and then reads nothing: what the server sends piles up
-    stuck = socket()
-    stuck.setsockopt(SOL_SOCKET, SO_RCVBUF, 4096)
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stuck.connect(("127.0.0.1", int(web.rsplit(":", 1)[1])))
     stuck.sendall(
         f"GET /ws/task_status/{task_id} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
