@@ -6,9 +6,11 @@ every socket of the web process (README: "One Redis connection for every socket"
 """
 
 import asyncio
+import json
 import resource
 from collections import deque
 from contextlib import asynccontextmanager
+from functools import lru_cache
 
 from celery.states import READY_STATES
 from fastapi import APIRouter, FastAPI, Request, WebSocket, WebSocketDisconnect
@@ -178,11 +180,18 @@ async def push_states(websocket: WebSocket, task_id, key, queue):
         data = await queue.get()
         if isinstance(data, Exception):
             raise data
-        new = status_json(task_id, backend.decode_result(data))
+        new, text = decoded(backend, task_id, data)
         # Not the state just sent again: it may be stored between subscribing and reading
         if new != status:
             status = new
-            await websocket.send_json(status)
+            await websocket.send_text(text)
+
+
+@lru_cache(maxsize=1024)
+def decoded(backend, task_id, data):
+    """A published state as JSON, made once for all the sockets of its task, not once for each."""
+    status = status_json(task_id, backend.decode_result(data))
+    return status, json.dumps(status, separators=(",", ":"), ensure_ascii=False)
 
 
 def reason(text):
