@@ -9,7 +9,7 @@ import asyncio
 import json
 import resource
 from collections import deque
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from functools import lru_cache
 
 from celery.states import READY_STATES
@@ -72,7 +72,8 @@ class Channels:
         if error is None:
             return self.connected.set_result(None)
         self.connected.set_exception(error)
-        self.connected.exception()  # retrieved here, so that no socket waiting is no warning
+        # marked as seen: when no socket waits for it, asyncio would otherwise log it as never retrieved
+        self.connected.exception()
         for queues in self.watchers.values():
             for queue in queues:
                 queue.put_nowait(error)
@@ -143,6 +144,9 @@ async def lifespan(app: FastAPI):
     # Reads of the stored states, a few at a time: sockets opened together wait their turn, not for a connection each
     app.state.redis = Redis(connection_pool=BlockingConnectionPool.from_url(url, max_connections=2, timeout=30))
     app.state.channels = Channels(url)
+    # Both connections opened now: a burst of sockets may leave no file descriptor to open them with later
+    with suppress(RedisConnectionError):
+        await asyncio.gather(app.state.redis.ping(), app.state.redis.ping())
     yield
     await app.state.channels.aclose()
     await app.state.redis.aclose()

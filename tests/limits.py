@@ -2,10 +2,18 @@
 
 import sys
 
+from conftest import import_chapter
 
-def longest_hold(main):
-    """The longest a task can run, its longest countdown before that, and the visibility_timeout, in seconds."""
-    conf, tasks = main.celery.conf, sys.modules["tasks"]
+
+def longest_hold(chapter, env):
+    """The longest a task can run, its longest countdown before that, and the visibility_timeout, in seconds, with
+    the settings a reader gets (env without the tests' shorter RETRY_COUNTDOWN)."""
+    with import_chapter(chapter, {k: v for k, v in env.items() if k != "RETRY_COUNTDOWN"}) as main:
+        return hold(main, sys.modules["tasks"])
+
+
+def hold(main, tasks):
+    conf = main.celery.conf
     chapter_tasks = [task for name, task in main.celery.tasks.items() if name.startswith("tasks.")]
     run = max(task.time_limit or conf.task_time_limit for task in chapter_tasks)
     # subscribe waits COUNTDOWN; a task that backs off waits retry_backoff * 2**n before its n+1th retry
