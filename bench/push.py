@@ -91,6 +91,12 @@ def redis_connections(pid, redis_port):
     return count
 
 
+def cpu_seconds(pid):
+    """The processor time process pid has used, user and system, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss(pid):
     """The resident memory of process pid, in bytes."""
     line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS"))
@@ -185,7 +191,11 @@ def main():
                     return lambda: (redis_connections(url.pid, redis_port), (rss(url.pid) - before) / watchers)
 
                 # every push first: the connections counted are the pushes' alone, not GET /tasks's too
-                pushes = [asyncio.run(run(port, celery, listen, w, measure(w))) for w in WATCHERS]
+                pushes, cpu = [], []
+                for w in WATCHERS:
+                    before = cpu_seconds(url.pid), time.process_time()
+                    pushes.append(asyncio.run(run(port, celery, listen, w, measure(w))))
+                    cpu.append((cpu_seconds(url.pid) - before[0], time.process_time() - before[1]))
                 polls = [asyncio.run(run(port, celery, poll, w)) if w <= POLLED_UP_TO else None for w in WATCHERS]
                 rows = list(zip(WATCHERS, pushes, polls, strict=True))
             open_files, asked = LIMITED
@@ -226,6 +236,11 @@ def main():
                 f"{watchers:,} watcher{'s' * (watchers > 1)}: push knows {polled[0] / pushed[0]:.0f}x sooner than"
                 f" polling (p50), {polled[1] / pushed[1]:.0f}x (p99)."
             )
+    for watchers, (server, clients) in zip(WATCHERS, cpu, strict=True):
+        print(
+            f"{watchers:,} watcher{'s' * (watchers > 1)}, pushed: the web process used {server:.1f} s of processor,"
+            f" the watchers' clients {clients:.1f} s."
+        )
     print(
         f"\nUnder ulimit -n {open_files}, {asked:,} watchers asked at once: {held:,} held (PENDING received);"
         f" in the end {', '.join(f'{n:,} {outcome}' for outcome, n in outcomes.items())};"
