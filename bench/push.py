@@ -242,7 +242,7 @@ def main():
             f" the watchers' clients {clients:.1f} s."
         )
     print(
-        f"\nUnder ulimit -n {open_files}, {asked:,} watchers asked at once: {held:,} held (PENDING received);"
+        f"\nUnder ulimit -n {open_files}, {asked:,} watchers asked at once: {held:,} held 2 s later (PENDING received);"
         f" in the end {', '.join(f'{n:,} {outcome}' for outcome, n in outcomes.items())};"
         f" GET / answered {api_status} in {api_ms:.0f} ms meanwhile."
     )
