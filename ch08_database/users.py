@@ -15,7 +15,7 @@ from database import get_session
 from errors import BAD_BODY_RESPONSES
 from models import User
 from schemas import NewUser
-from status import task_status
+from status import status_json
 from tasks import subscribe_user
 
 users_router = APIRouter()
@@ -54,5 +54,5 @@ def get_user(user_id: Annotated[int, Path(ge=1, lt=2**31)], request: Request, se
         "name": user.name,
         "created_at": as_utc(user.created_at),
         "subscribed_at": as_utc(user.subscribed_at),
-        "task": task_status(user.task_id, request.app.state.celery.backend.get_task_meta(user.task_id)),
+        "task": status_json(user.task_id, request.app.state.celery.backend.get_task_meta(user.task_id)),
     }
