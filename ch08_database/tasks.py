@@ -63,18 +63,25 @@ def import_list(self, emails):
     return {"subscribed": len(emails) - len(failed), "failed": failed}
 
 
-@shared_task(bind=True, max_retries=None)  # the database away: retried until it is back; the service: 3 times
-def subscribe_user(self, user_id):  # the id, never the User: the task reads the row as committed when it runs
+# The database away: retried every COUNTDOWN seconds until it is back. The service failing: three times, as subscribe.
+@shared_task(bind=True, max_retries=None)
+def subscribe_user(self, user_id):
+    """Subscribe a user once, however often this runs (README: "One subscription, however often the task runs").
+
+    It takes the user's id, never the User, and reads the row as it is committed when the task runs."""
     try:
-        with Session() as session:  # NoResultFound here: the task was sent before the user was committed
+        # NoResultFound here: the task was sent before the user was committed (README: "Commit, then send")
+        with Session() as session:
             user = session.execute(select(User).where(User.id == user_id)).scalar_one()
-        if user.subscribed_at is None:  # a retry, a redelivery or a second send of a subscribed user calls nobody
+        if user.subscribed_at is None:
             call_third_party(user.email)
-            with Session.begin() as session:  # a write first: SQLite's busy timeout covers it (README)
+            # A transaction whose first statement writes: SQLite's busy timeout covers it (README: "Two writers")
+            with Session.begin() as session:
                 subscribed = update(User).where(User.id == user_id, User.subscribed_at.is_(None))
                 session.execute(subscribed.values(subscribed_at=datetime.now(UTC)))
     except requests.RequestException as exc:
         raise self.retry(exc=exc, countdown=COUNTDOWN, max_retries=3) from exc
-    except OperationalError as exc:  # stored as a ConnectionError: Celery cannot rebuild SQLAlchemy's from JSON
+    except OperationalError as exc:
+        # Stored as a ConnectionError: Celery cannot rebuild SQLAlchemy's own error from JSON
         raise self.retry(exc=ConnectionError(unavailable(exc)), countdown=COUNTDOWN) from exc
     return {"subscribed": user.email}

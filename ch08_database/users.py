@@ -33,13 +33,16 @@ def create_user(new_user: NewUser, session: DB):
     session.add(user)
     try:
         session.commit()
-    except IntegrityError:  # the unique email, checked by the database itself: two requests at once cannot both pass
+    except IntegrityError:
+        # The database's unique index decided: two requests at once for one address cannot both pass it
         raise HTTPException(409, f"a user with the email {new_user.email} exists already") from None
-    subscribe_user.apply_async([user.id], task_id=user.task_id)  # committed first, so the task finds the user
+    # Sent once the user is committed, with its id: the task finds the user (README: "Commit, then send")
+    subscribe_user.apply_async([user.id], task_id=user.task_id)
     return {"id": user.id, "task_id": user.task_id}
 
 
-def as_utc(moment: datetime | None):  # SQLite keeps no time zone: what it holds is UTC, as written by models.py
+def as_utc(moment: datetime | None):
+    """SQLite keeps no time zone, so a time read from it is naive: it is UTC, as models.py and tasks.py write it."""
     return moment and (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC))
 
 
