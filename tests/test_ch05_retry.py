@@ -8,7 +8,6 @@ import importlib
 import os
 import shutil
 import signal
-import uuid
 
 import httpx2
 import pytest
@@ -17,29 +16,19 @@ import requests
 from fastapi.testclient import TestClient
 from playwright.sync_api import expect
 
-from conftest import (
-    Process,
-    assert_redis_away_holds_nothing_back,
-    assert_redis_down_then_back,
+from helpers import (
+    address,
     bodies_over_64_kib_are_refused,
-    free_port,
     import_chapter,
     no_request_gets_a_server_error,
     readme_has_current_diff,
     statuses_until_done,
-    wait_for,
+    unavailable,
 )
+from processes import Process, free_port, wait_for
+from scenarios import assert_redis_away_holds_nothing_back, assert_redis_down_then_back
 
 CHAPTER = "ch05_retry"
-
-
-def address(kind=""):
-    """A new address each time, since the stand-in counts the calls of each: ann-1a2b3c+fail2@example.com."""
-    return f"ann-{uuid.uuid4().hex[:6]}{kind}@example.com"
-
-
-def unavailable(chapter_env):
-    return f"HTTPError: 503 Server Error: Service Unavailable for url: {chapter_env['THIRD_PARTY_URL']}/subscribe"
 
 
 @pytest.fixture(scope="module")

@@ -17,18 +17,17 @@ import websockets
 from playwright.sync_api import expect
 from websockets.sync.client import connect
 
-from conftest import (
+from helpers import (
     CLEAN_ENV,
     ROOT,
-    Process,
-    assert_redis_away_holds_nothing_back,
-    assert_redis_down_then_back,
+    address,
     find_redis_server,
-    free_port,
     no_request_gets_a_server_error,
     readme_has_current_diff,
-    wait_for,
+    unavailable,
 )
+from processes import Process, free_port, wait_for
+from scenarios import assert_redis_away_holds_nothing_back, assert_redis_down_then_back
 
 CHAPTER = "ch06_websocket"
 
@@ -36,10 +35,6 @@ CHAPTER = "ch06_websocket"
 @pytest.fixture(scope="module")
 def chapter_env(chapter_env):
     return chapter_env | {"THIRD_PARTY_DELAY": "0.1"}
-
-
-def address(kind=""):
-    return f"ann-{uuid.uuid4().hex[:6]}{kind}@example.com"
 
 
 def start(web, path, body):
@@ -70,10 +65,6 @@ def run_async(coroutine):
     """asyncio.run() in a thread of its own: once a browser test ran, Playwright keeps an event loop in this one."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coroutine).result()
-
-
-def unavailable(chapter_env):
-    return f"HTTPError: 503 Server Error: Service Unavailable for url: {chapter_env['THIRD_PARTY_URL']}/subscribe"
 
 
 def test_readme_shows_the_current_diff(chapter):
