@@ -568,6 +568,8 @@ class Stack:
         if newline:
             say("\n")  # after the ^C the terminal shows
         workers = [p for p in self.procs if p.line.worker and p.running()]
+        for proc in workers:
+            note(f"stopping {proc.name}")
         if workers:
             whose = "the worker's" if len(workers) == 1 else f"the {len(workers)} workers'"
             if not self.force:
@@ -614,23 +616,23 @@ def run_chapter(chapter):
 
 
 def watchdog():
-    """Started by run_chapter(): reads "KIND PID" lines; once its input closes (the runner has exited, however),
-    stops whatever of those processes still runs, in the runner's order: workers warm, the others, Redis."""
+    """Started by run_chapter(): reads "KIND PID" lines; once its input closes (the runner has exited, however), it
+    stops whatever of those processes still runs: SIGTERM to each, SIGKILL to each one's group 10 s later. Warm if
+    they can, but a worker whose output pipe has gone with the runner may not manage its warm shutdown."""
     for signum in (signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
-    started = [line.split() for line in sys.stdin]
-    for kind in ("worker", "other", "redis"):
-        pids = [int(pid) for k, pid in started if k == kind and alive(int(pid))]
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except OSError:
-                pass
-        deadline = time.monotonic() + (WORKER_STOP_SECONDS if kind == "worker" else 10)
-        while any(map(alive, pids)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for pid in pids:
-            processes.kill_group(pid)
+    pids = [int(line.split()[1]) for line in sys.stdin]
+    pids = [pid for pid in pids if alive(pid)]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 10
+    while any(map(alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in pids:
+        processes.kill_group(pid)
 
 
 def alive(pid):
