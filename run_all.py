@@ -171,7 +171,7 @@ def redis_settings():
 
 def run_shell(chapter):
     settings = redis_settings()
-    if chapter != "ch01_hello" and (ROOT / chapter / "Procfile").read_text().count("celery"):
+    if "celery" in (ROOT / chapter / "Procfile").read_text().split():
         settings["CELERY_RESULT_BACKEND"] = os.environ.get("CELERY_RESULT_BACKEND") or settings["REDIS_URL"]
         os.environ.update(settings)
         broker = settings["CELERY_BROKER_URL"]
