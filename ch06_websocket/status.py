@@ -17,7 +17,7 @@ status_router = APIRouter()
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):  # one client for the app; each open WebSocket takes a connection of its pool
-    url = app.celery_app.conf.result_backend
+    url = app.state.celery.conf.result_backend
     app.state.redis = Redis.from_url(url, max_connections=10_000) if url.startswith("redis") else None  # testing: none
     yield
     if app.state.redis:
@@ -37,11 +37,11 @@ def task_status(task_id, meta):  # meta: what the result backend stored
 
 @status_router.get("/tasks/{task_id}")
 def get_status(task_id: str, request: Request):
-    return task_status(task_id, request.app.celery_app.backend.get_task_meta(task_id))  # one read
+    return task_status(task_id, request.app.state.celery.backend.get_task_meta(task_id))  # one read
 
 
 async def push_states(websocket: WebSocket, pubsub, task_id):
-    redis, backend = websocket.app.state.redis, websocket.app.celery_app.backend
+    redis, backend = websocket.app.state.redis, websocket.app.state.celery.backend
     key = backend.get_key_for_task(task_id)  # the stored result's key, and the channel of its changes
     await pubsub.subscribe(key)  # before reading the state: whatever is stored from now on reaches us
     stored = await redis.get(key)

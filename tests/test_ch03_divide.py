@@ -21,6 +21,11 @@ def test_readme_shows_the_current_diff(chapter):
     assert readme_has_current_diff(chapter)
 
 
+def test_the_api_names_its_chapter(main):
+    info = TestClient(main.app).get("/openapi.json").json()["info"]
+    assert info == {"title": "Chapter 3: divide, run by a worker", "version": "ch03_divide"}
+
+
 def test_tasks_travel_as_json_only(main):
     conf = main.celery.conf
     assert (conf.task_serializer, conf.result_serializer, list(conf.accept_content)) == ("json", "json", ["json"])

@@ -50,6 +50,11 @@ def test_readme_shows_the_current_diff(chapter):
     assert readme_has_current_diff(chapter)
 
 
+def test_the_api_names_its_chapter(main):
+    info = TestClient(main.app).get("/openapi.json").json()["info"]
+    assert info == {"title": "Chapter 5: retries", "version": "ch05_retry"}
+
+
 def test_the_stand_in_fails_on_demand(third_party, chapter_env):
     url = f"{chapter_env['THIRD_PARTY_URL']}/subscribe"
     fail2, down = address("+fail2"), address("+down")

@@ -14,6 +14,7 @@ import httpx2
 import pytest
 import redis
 import websockets
+from fastapi.testclient import TestClient
 from playwright.sync_api import expect
 from websockets.sync.client import connect
 
@@ -69,6 +70,11 @@ def run_async(coroutine):
 
 def test_readme_shows_the_current_diff(chapter):
     assert readme_has_current_diff(chapter)
+
+
+def test_the_api_names_its_chapter(main):
+    info = TestClient(main.app).get("/openapi.json").json()["info"]
+    assert info == {"title": "Chapter 6: WebSockets", "version": "ch06_websocket"}
 
 
 def test_a_client_gets_success_then_the_server_closes(web, worker, third_party):
@@ -167,7 +173,7 @@ def test_a_hundred_clients_on_a_hundred_tasks_get_their_own_final_message(web, w
     async def everyone():
         return await asyncio.wait_for(asyncio.gather(*(listen(task_id) for task_id in task_ids)), 90)
 
-    for task_id, email, (received, code) in zip(task_ids, emails, run_async(everyone())):
+    for task_id, email, (received, code) in zip(task_ids, emails, run_async(everyone()), strict=True):
         assert {message["task_id"] for message in received} == {task_id}
         assert [message["state"] for message in received].count("SUCCESS") == 1
         assert (received[-1]["result"], code) == ({"subscribed": email}, 1000)
