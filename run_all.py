@@ -3,34 +3,37 @@ a shell in a chapter, or what a chapter changed. Standard library only (processe
 
 A chapter's processes are the lines of its Procfile, the terminals its README tells a reader to open:
 
-    # the API (docs: /docs, needs internet; /openapi.json works offline)
+    # the API; docs: /docs (needs internet), /openapi.json (works offline)
     web: uvicorn main:app --reload
     worker: celery -A main.celery worker --loglevel=info
     flower: celery -A main.celery flower --port=5555
 
-Each line is `NAME: COMMAND`, run inside the chapter folder; `honcho start` (or foreman) runs the file as it is.
-A `#` line right above a process is its note in the banner. A COMMAND may be a shell command: `STEPS && COMMAND`
-runs STEPS first (`web: alembic upgrade head && uvicorn main:app --reload`) and the runner adapts COMMAND, the
-part after the last `&&`; a line with other shell syntax ($, |, ;, quotes...) is run with sh, as written. The runner
-adapts each line by what its COMMAND runs, never by chapter:
+Each line is `NAME: COMMAND` (NAME: letters, digits, _ and -), run inside the chapter folder; `honcho start` (or
+foreman) runs the same file as it is. A `#` line right above a process is its note in the banner; any other line
+is ignored. A COMMAND may be a shell command: in `STEPS && COMMAND` the steps run first, at every start (`web:
+alembic upgrade head && uvicorn main:app --reload`), and only COMMAND, after the last `&&`, is adapted; a COMMAND
+with other shell syntax ($, |, ;, quotes...) runs with sh -c as written, unadapted. Adapted by what COMMAND runs,
+never by chapter:
 
-- `uvicorn ...` listens: on 127.0.0.1, at NAME_PORT (web: WEB_PORT) if set, else the line's `--port`, else 8000.
-  Its address is given to every process as NAME_URL (third_party: THIRD_PARTY_URL). `--reload` is the line's.
-- `celery ... worker`: named after the web port (`-n web8000@%h`; a line's own `-n images@%h` becomes
-  `images-web8000@%h`), with `-E` (events, for Flower) and `--without-mingle`; started WORKERS times (default 1).
-- `celery ... flower` listens too (NAME_PORT, the line's `--port`, else 5555), and starts once every worker is ready.
-- Any `celery` line but Flower (workers, beat) is restarted when a .py file of the chapter changes, warm: the
-  running tasks finish first (up to 60 s).
-- Anything else (`celery ... beat`, ...) runs as written.
+- `uvicorn ...` listens on 127.0.0.1, at NAME_PORT (WEB_PORT, THIRD_PARTY_PORT) if set, else the line's `--port`,
+  else 8000; every process gets its address as NAME_URL (THIRD_PARTY_URL). `--reload` is the line's own.
+- `celery ... worker` gets `-n web8000@%h` (named after the web port; a line's own `-n images@%h` becomes
+  `images-web8000@%h`; with several worker lines, one with no `-n` is named after its NAME), `-E` (events, for
+  Flower) and `--without-mingle`; it runs WORKERS times (1 to 99, default 1; NAME-1, NAME-2...).
+- `celery ... flower` listens too (NAME_PORT, else the line's `--port`, else 5555), and starts once every worker
+  has said it is ready.
+- Every other `celery` line (workers, `celery ... beat`) is restarted when a .py file of the chapter changes,
+  warm: its running tasks finish first (up to 60 s).
+- Anything else runs as written.
 
-Redis: when any line runs celery, REDIS_URL (default redis://127.0.0.1:6379/0) is used if it answers; if it is a
-local address and nothing answers, a Redis is started there (processes.find_redis_server), its data in .redis/PORT.
+Redis: when a line runs celery, REDIS_URL (default redis://127.0.0.1:6379/0) is used if it answers; if it is a local
+address and nothing answers, a Redis is started there (processes.find_redis_server), its data kept in .redis/PORT.
 
-Supervision: a process that exits is named; it is started again, unless it exited three times in a row within
-30 s of starting (then everything stops, saying so). A celery process that exits within 30 s of a restart for a
-change waits for the next change. Redis is started again 5 s after it exits, from its append-only file. Ctrl+C,
-SIGTERM or the terminal closing (SIGHUP) stop everything: the workers first, warm, Redis last. A watchdog process
-does the same if the runner itself is killed (kill -9). See "run_all.sh" in README.md.
+Supervision: a process that exits is named and started again, unless it exited three times in a row within 30 s of
+starting (then everything stops, saying so); a celery process that exits within 30 s of a restart for a change
+waits for the next change. Redis is started again 5 s after it exits, from its append-only file. Ctrl+C, SIGTERM
+and the terminal closing (SIGHUP) stop everything: the workers first, warm, then the others, Redis last. If the
+runner itself is killed (kill -9), a watchdog stops everything within 10 s. See "run_all.sh" in README.md.
 """
 
 import os
@@ -443,6 +446,8 @@ class Stack:
                 node = None
                 if line.worker:
                     given = (option(line.argv, "-n") or option(line.argv, "--hostname") or "").split("@")[0]
+                    if not given and sum(other.worker for other in self.lines) > 1:
+                        given = line.name  # two worker lines with no name of their own are told apart by theirs
                     node = f"{given + '-' if given else ''}web{web_port}{'' if count == 1 else f'-{n}'}@%h"
                 proc = Supervised(
                     self,
