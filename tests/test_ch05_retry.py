@@ -199,9 +199,9 @@ def test_a_pending_retry_survives_a_reload_and_a_restart(stack, repository_copy)
     env = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "THIRD_PARTY_DELAY": "0.2"}  # the guide's countdown: 5 s
     ch05 = stack("5", root=repository_copy, **env)
     ch05.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
-    assert f"    page     {ch05.web}/form\n" in ch05.process.output
+    assert f"    page         {ch05.web}/form\n" in ch05.process.output
     assert (
-        f"    3rd      http://127.0.0.1:{ch05.ports['THIRD_PARTY_PORT']}   (the email service's stand-in"
+        f"    third_party  http://127.0.0.1:{ch05.ports['THIRD_PARTY_PORT']}/   the email service's stand-in"
         in ch05.process.output
     )
 
@@ -215,11 +215,11 @@ def test_a_pending_retry_survives_a_reload_and_a_restart(stack, repository_copy)
 
     reloaded = subscribe_and_wait_for_the_retry()
     os.utime(repository_copy / CHAPTER / "tasks.py")  # what saving the file does
-    ch05.process.wait_for_output("1 change detected", timeout=10)
+    ch05.process.wait_for_output("run_all.sh: tasks.py changed: restarting worker", timeout=10)
     wait_for(lambda: state(reloaded, ch05.web) == "SUCCESS", 30, "the retry, run by the reloaded worker")
     output = ch05.process.output
     assert (
-        output.index("1 change detected")
+        output.index("run_all.sh: tasks.py changed: restarting worker")
         < output.rindex(" ready.")
         < output.index(f"Task tasks.subscribe[{reloaded}] succeeded")
     )

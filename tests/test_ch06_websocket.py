@@ -318,5 +318,5 @@ def test_no_request_gets_a_server_error(api_schema):
 def test_run_all_runs_the_chapter(stack, redis_url):
     ch06 = stack("6", REDIS_URL=redis_url)
     ch06.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
-    assert f"    page     {ch06.web}/form\n    page     {ch06.web}/form_ws\n" in ch06.process.output
+    assert f"    page         {ch06.web}/form\n    page         {ch06.web}/form_ws\n" in ch06.process.output
     assert ch06.ctrl_c() == 130
