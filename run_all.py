@@ -246,7 +246,8 @@ class Line:
             words = without(words, "--address", "--port") + ["--address=127.0.0.1", f"--port={port}"]
         elif self.worker:
             words = without(words, "-n", "--hostname") + ["-n", node]
-            words += [flag for flag in ("-E", "--without-mingle") if flag not in words and "--task-events" not in words]
+            words += [] if {"-E", "--task-events"} & set(words) else ["-E"]
+            words += [] if "--without-mingle" in words else ["--without-mingle"]
         if self.shell:
             return ["sh", "-c", self.command]
         if self.steps:

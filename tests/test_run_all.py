@@ -4,6 +4,7 @@ how it stops, shell, diff, errors, the embedded Redis, more workers and RabbitMQ
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import httpx2
 import pytest
 import redis
 
+import run_all as run_all_py
 from helpers import CLEAN_ENV, ROOT, VENV_BIN, find_redis_server, import_chapter, run_all
 from processes import Process, embedded_server, free_port, redis_args, wait_for
 from stacks import SH
@@ -38,6 +40,34 @@ def test_each_procfile_lists_the_commands_its_readme_prints(chapter):
     run_it = readme[readme.index("## Run it") :].split("\n## ")[0]
     for name, command in processes:
         assert f"{command}" in run_it and f"{name}:" in run_it, (name, command)
+
+
+@pytest.mark.parametrize(
+    ("command", "runs"),
+    [
+        ("uvicorn main:app --reload", "uvicorn main:app --reload --host 127.0.0.1 --port 8001"),
+        ("uvicorn third_party:app --port 8010", "uvicorn third_party:app --host 127.0.0.1 --port 8001"),
+        (
+            "celery -A main.celery worker --loglevel=info",
+            "celery -A main.celery worker --loglevel=info -n NODE -E --without-mingle",
+        ),
+        (
+            "celery -A main.celery worker --loglevel=info -Q images -n images@%h",
+            "celery -A main.celery worker --loglevel=info -Q images -n NODE -E --without-mingle",
+        ),
+        ("celery -A main.celery flower --port=5555", "celery -A main.celery flower --address=127.0.0.1 --port=8001"),
+        ("celery -A main.celery beat --loglevel=info", "celery -A main.celery beat --loglevel=info"),
+        (
+            "alembic upgrade head && uvicorn main:app --reload",
+            "sh -c 'alembic upgrade head && exec uvicorn main:app --reload --host 127.0.0.1 --port 8001'",
+        ),
+        ("echo $HOME | cat", "sh -c 'echo $HOME | cat'"),
+    ],
+)
+def test_each_kind_of_procfile_line_is_adapted(command, runs):
+    """What the chapters to come rely on (top of run_all.py): beat, steps before the web app, a worker per queue."""
+    line = run_all_py.Line("name", command, None)
+    assert shlex.join(line.args(port=8001, node="NODE")) == runs
 
 
 def test_run_all_sh_is_posix_sh():
