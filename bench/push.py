@@ -38,7 +38,8 @@ async def http(reader, writer, method, path, body=b""):
 
 
 async def poll(port, task_id, ready):
-    """Chapter 5's page: GET /tasks/{id}, then a second's pause, until the task is done. When it knew, and how many GETs."""
+    """Chapter 5's page: GET /tasks/{id}, then a second's pause, until the task is done. When it knew, and how many
+    GETs."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=2**20)
     ready.release()
     await asyncio.sleep(random.random())  # pages are opened at any moment, not all at once
@@ -133,7 +134,8 @@ def main():
     )
     for watchers, pushed, polled in rows:
         print(
-            f"{watchers:,} watcher{'s' * (watchers > 1)}: push knows {polled[0] / pushed[0]:.0f}x sooner than polling (p50), "
+            f"{watchers:,} watcher{'s' * (watchers > 1)}: push knows {polled[0] / pushed[0]:.0f}x sooner"
+            " than polling (p50), "
             f"{polled[1] / pushed[1]:.0f}x (p99)."
         )
 

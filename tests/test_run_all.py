@@ -232,7 +232,7 @@ def test_the_terminal_closing_or_the_runner_killed_leaves_no_process(stack, how,
 def test_shell_opens_python_inside_the_chapter(redis_url):
     result = run_all("shell", "3", env={"REDIS_URL": redis_url}, input="print(divide.name, app.title)\n")
     assert "in ch03_divide, after: from main import *" in result.stdout
-    assert "tasks.divide FastAPI" in result.stdout
+    assert "tasks.divide Chapter 3: divide, run by a worker" in result.stdout
 
 
 @pytest.mark.parametrize("name", ["ch03_divide", "ch03", "3", "03"])
