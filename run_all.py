@@ -486,7 +486,7 @@ class Stack:
                 main = (self.folder / "main.py").read_text() if (self.folder / "main.py").exists() else ""
                 for page in re.findall(r'^@\w+\.get\("(/form\w*)"', main, re.M):
                     lines.append(f"    {'page':<{self.width}}  http://127.0.0.1:{self.ports['web']}{page}")
-        if self.env.get("REDIS_URL"):
+        if any(line.uses_celery for line in self.lines):
             lines.append(f"    {'redis':<{self.width}}  {self.env['REDIS_URL']} {self.redis_note}")
             broker = self.env["CELERY_BROKER_URL"]
             if broker != self.env["REDIS_URL"]:

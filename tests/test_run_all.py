@@ -76,7 +76,7 @@ def test_run_all_sh_is_posix_sh():
 
 
 def test_chapter_1_runs_with_no_server_anywhere(stack):
-    ch01 = stack("1")
+    ch01 = stack("1", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")  # set, as a reader may have it: not needed
     ch01.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=60)
     assert f"    web     {ch01.web}/   the API, its worker inside; docs:" in ch01.process.output
     assert httpx2.get(f"{ch01.web}/add?x=3&y=4").json() == {"3+4": 7}
