@@ -87,14 +87,22 @@ def redis_server():
         yield f"redis://127.0.0.1:{port}/0"
 
 
+class Url(str):
+    """A base URL, and the pid of the process that serves it."""
+
+
 @contextmanager
-def web(chapter, env, app="main:app"):
+def web(chapter, env, app="main:app", open_files=None):
     """uvicorn serving the chapter's app, or a variant of it from bench/ (enqueue_app:app...), with no access log
-    (it would be measured too); its base URL once it answers."""
+    (it would be measured too), under `ulimit -n open_files` if given; its base URL (.pid: its process) once it
+    answers."""
     port, folder = free_port(), ROOT / chapter
     command = ["uvicorn", app, "--app-dir", str(ROOT / "bench" if app != "main:app" else folder)]
-    with started([*command, "--port", str(port), "--no-access-log"], folder, env | {"PYTHONPATH": str(folder)}):
-        url = f"http://127.0.0.1:{port}"
+    if open_files:
+        command = ["prlimit", f"--nofile={open_files}", "--", *command]
+    with started([*command, "--port", str(port), "--no-access-log"], folder, env | {"PYTHONPATH": str(folder)}) as p:
+        url = Url(f"http://127.0.0.1:{port}")
+        url.pid = p.pid
         wait_until(lambda: http_answers(f"{url}/"), 30, f"{chapter}'s web app")
         yield url
 

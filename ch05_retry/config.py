@@ -24,9 +24,14 @@ class BaseConfig:
     CELERY_TASK_ACKS_LATE = True
     CELERY_TASK_REJECT_ON_WORKER_LOST = True
     CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+    # No task runs past these, so none is held past the visibility_timeout below (README: "Time limits"): at 30 s
+    # SoftTimeLimitExceeded is raised in the task, which ends FAILURE; at 35 s its process is killed.
+    CELERY_TASK_SOFT_TIME_LIMIT = 30
+    CELERY_TASK_TIME_LIMIT = 35
     # How a dead worker's tasks come back (see ch05_retry/README.md, "What a retry survives"): handed out again 60 s
-    # after it took them, more than any countdown here; looked for every 10 s (interval x throttle, where kombu's
-    # default is 10 s x 10); by one worker at a time, under a lock that lapses in 10 s, not 5 min, if its worker dies.
+    # after it took them, more than the time limit plus the longest countdown; looked for every 10 s (interval x
+    # throttle, where kombu's default is 10 s x 10); by one worker at a time, under a lock that lapses in 10 s, not
+    # 5 min, if its worker dies.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": 60,
         "unacked_restore_interval": 10,

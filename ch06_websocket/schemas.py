@@ -25,4 +25,4 @@ class Subscriber(BaseModel):
 
 
 class MailingList(BaseModel):
-    emails: list[Email] = Field(min_length=1, max_length=10)  # a call of 5 s each: a minute at most
+    emails: list[Email] = Field(min_length=1, max_length=10)  # called together: the time of one call

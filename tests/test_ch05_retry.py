@@ -25,6 +25,8 @@ from helpers import (
     statuses_until_done,
     unavailable,
 )
+from limits import longest_hold
+from outage import Stack
 from processes import Process, free_port, wait_for
 from scenarios import assert_redis_away_holds_nothing_back, assert_redis_down_then_back
 
@@ -158,17 +160,25 @@ def test_bad_input_is_refused_with_fastapis_message(client):
 def test_the_page_shows_each_state_as_it_comes(page, web, worker, third_party):
     requested = []
     page.on("request", lambda request: requested.append(request.url))
+    page.set_viewport_size({"width": 390, "height": 800})
     page.goto(f"{web}/form")
-    expect(page.locator("input[name=email]")).to_have_value("ann+fail2@example.com")
+    expect(page.locator("input[name=email]")).to_have_value("eve+fail2@example.com")
     page.evaluate("window.notReloaded = true")
     states = page.locator("#states")
 
     page.fill("input[name=email]", address("+fail1"))
+    requested.clear()
     page.click("button")
     expect(states).to_contain_text("RETRY 1: HTTPError: 503 Server Error: Service Unavailable", timeout=15_000)
     expect(states).to_contain_text('SUCCESS (retries: 1): {"subscribed":', timeout=15_000)
+    expect(page.locator("#task")).to_contain_text("task ")
+    # each state with its time since the POST; the task id is no state
+    assert [text.split(" s")[0].startswith("+") for text in states.locator("li").all_text_contents()] == [True] * 3
     first_task = next(url for url in requested if "/tasks/" in url)
     polls = requested.count(first_task)
+    assert page.text_content("#requests") == str(len(requested)) == str(1 + polls)
+    # at 390 px nothing is wider than the screen
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
 
     page.fill("input[name=email]", address("+down"))
     page.click("button")
@@ -177,8 +187,41 @@ def test_the_page_shows_each_state_as_it_comes(page, web, worker, third_party):
 
     page.fill("input[name=email]", "not-an-address")
     page.click("button")
-    expect(states).to_have_text("422: value is not a valid email address: An email address must have an @-sign.")
+    expect(states).to_contain_text("422: value is not a valid email address: An email address must have an @-sign.")
     assert page.evaluate("window.notReloaded")
+
+
+def test_the_page_tells_of_an_outage_and_picks_up_after_it(page, chapter, chapter_env, restartable_redis):
+    stack = Stack(chapter, chapter_env, restartable_redis.url)
+    states, notice, task = page.locator("#states"), page.locator("#notice"), page.locator("#task")
+    try:
+        page.goto(f"{stack.url}/form")
+        page.fill("input[name=email]", address("+fail1"))
+        page.click("button")
+        expect(task).to_contain_text("task ")
+        restartable_redis.stop()
+        expect(notice).to_contain_text("503: Redis is unreachable", timeout=10_000)
+        expect(notice).to_contain_text("Asking again in 2 s (failed requests: 1).")
+        restartable_redis.start()
+        expect(states).to_contain_text("SUCCESS (retries: 1)", timeout=30_000)
+        expect(notice).to_contain_text("The API answers again, after ")
+
+        page.fill("input[name=email]", address("+fail1"))
+        page.click("button")
+        expect(task).to_contain_text("task ")
+        stack.web.stop()
+        expect(notice).to_contain_text("no answer from the server. Asking again in", timeout=10_000)
+        stack.start_web()
+        expect(states).to_contain_text("SUCCESS (retries: 1)", timeout=30_000)
+        expect(notice).to_contain_text("The API answers again, after ")
+    finally:
+        stack.stop()
+
+
+def test_no_task_outlives_the_visibility_timeout(chapter, chapter_env):
+    run, countdown, visibility_timeout = longest_hold(chapter, chapter_env)
+    assert (run, countdown, visibility_timeout) == (35, 20, 60)
+    assert run + countdown < visibility_timeout
 
 
 def test_a_task_whose_process_is_killed_runs_again(main, worker, third_party):
