@@ -2,7 +2,7 @@
 
 import sys
 
-from conftest import import_chapter
+from helpers import import_chapter
 
 
 def longest_hold(chapter, env):

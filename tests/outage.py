@@ -3,7 +3,8 @@ the web app can be stopped and started again on the same port."""
 
 import httpx2
 
-from conftest import Process, free_port, url_answers, wait_for
+from helpers import url_answers
+from processes import Process, free_port, wait_for
 
 
 class Stack:

@@ -6,7 +6,8 @@ import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import CLEAN_ENV, Process, free_port, import_chapter, no_request_gets_a_server_error, wait_for
+from helpers import CLEAN_ENV, import_chapter, no_request_gets_a_server_error
+from processes import Process, free_port, wait_for
 
 CHAPTER = "ch01_hello"
 

@@ -5,14 +5,14 @@ import pytest
 from celery.result import AsyncResult
 from fastapi.testclient import TestClient
 
-from conftest import (
-    assert_redis_down_then_back,
+from helpers import (
     bodies_over_64_kib_are_refused,
     no_request_gets_a_server_error,
     readme_has_current_diff,
     status_when_done,
-    wait_for,
 )
+from processes import wait_for
+from scenarios import assert_redis_down_then_back
 
 CHAPTER = "ch03_divide"
 

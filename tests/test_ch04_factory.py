@@ -6,16 +6,16 @@ import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import (
-    assert_redis_down_then_back,
+from helpers import (
     bodies_over_64_kib_are_refused,
     import_chapter,
     no_request_gets_a_server_error,
     readme_has_current_diff,
     run_all,
     status_when_done,
-    wait_for,
 )
+from processes import wait_for
+from scenarios import assert_redis_down_then_back
 
 CHAPTER = "ch04_factory"
 

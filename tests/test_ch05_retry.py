@@ -8,40 +8,29 @@ import importlib
 import os
 import shutil
 import signal
-import uuid
 
 import httpx2
 import pytest
 import redis
 import requests
 from fastapi.testclient import TestClient
-from limits import longest_hold
-from outage import Stack
 from playwright.sync_api import expect
 
-from conftest import (
-    Process,
-    assert_redis_away_holds_nothing_back,
-    assert_redis_down_then_back,
+from helpers import (
+    address,
     bodies_over_64_kib_are_refused,
-    free_port,
     import_chapter,
     no_request_gets_a_server_error,
     readme_has_current_diff,
     statuses_until_done,
-    wait_for,
+    unavailable,
 )
+from limits import longest_hold
+from outage import Stack
+from processes import Process, free_port, wait_for
+from scenarios import assert_redis_away_holds_nothing_back, assert_redis_down_then_back
 
 CHAPTER = "ch05_retry"
-
-
-def address(kind=""):
-    """A new address each time, since the stand-in counts the calls of each: ann-1a2b3c+fail2@example.com."""
-    return f"ann-{uuid.uuid4().hex[:6]}{kind}@example.com"
-
-
-def unavailable(chapter_env):
-    return f"HTTPError: 503 Server Error: Service Unavailable for url: {chapter_env['THIRD_PARTY_URL']}/subscribe"
 
 
 @pytest.fixture(scope="module")
@@ -253,9 +242,9 @@ def test_a_pending_retry_survives_a_reload_and_a_restart(stack, repository_copy)
     env = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "THIRD_PARTY_DELAY": "0.2"}  # the guide's countdown: 5 s
     ch05 = stack("5", root=repository_copy, **env)
     ch05.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
-    assert f"    page     {ch05.web}/form\n" in ch05.process.output
+    assert f"    page         {ch05.web}/form\n" in ch05.process.output
     assert (
-        f"    3rd      http://127.0.0.1:{ch05.ports['THIRD_PARTY_PORT']}   (the email service's stand-in"
+        f"    third_party  http://127.0.0.1:{ch05.ports['THIRD_PARTY_PORT']}/   the email service's stand-in"
         in ch05.process.output
     )
 
@@ -269,11 +258,11 @@ def test_a_pending_retry_survives_a_reload_and_a_restart(stack, repository_copy)
 
     reloaded = subscribe_and_wait_for_the_retry()
     os.utime(repository_copy / CHAPTER / "tasks.py")  # what saving the file does
-    ch05.process.wait_for_output("1 change detected", timeout=10)
+    ch05.process.wait_for_output("run_all.sh: tasks.py changed: restarting worker", timeout=10)
     wait_for(lambda: state(reloaded, ch05.web) == "SUCCESS", 30, "the retry, run by the reloaded worker")
     output = ch05.process.output
     assert (
-        output.index("1 change detected")
+        output.index("run_all.sh: tasks.py changed: restarting worker")
         < output.rindex(" ready.")
         < output.index(f"Task tasks.subscribe[{reloaded}] succeeded")
     )

@@ -17,22 +17,21 @@ import pytest
 import redis
 import websockets
 from fastapi.testclient import TestClient
-from limits import longest_hold
-from outage import Stack
 from playwright.sync_api import expect
 from websockets.sync.client import connect
 
-from conftest import (
+from helpers import (
     ROOT,
-    Process,
-    assert_redis_away_holds_nothing_back,
-    assert_redis_down_then_back,
-    free_port,
+    address,
     import_chapter,
     no_request_gets_a_server_error,
     readme_has_current_diff,
-    wait_for,
+    unavailable,
 )
+from limits import longest_hold
+from outage import Stack
+from processes import Process, free_port, wait_for
+from scenarios import assert_redis_away_holds_nothing_back, assert_redis_down_then_back
 
 CHAPTER = "ch06_websocket"
 
@@ -40,10 +39,6 @@ CHAPTER = "ch06_websocket"
 @pytest.fixture(scope="module")
 def chapter_env(chapter_env):
     return chapter_env | {"THIRD_PARTY_DELAY": "0.1"}
-
-
-def address(kind=""):
-    return f"ann-{uuid.uuid4().hex[:6]}{kind}@example.com"
 
 
 def start(web, path, body):
@@ -74,10 +69,6 @@ def run_async(coroutine):
     """asyncio.run() in a thread of its own: once a browser test ran, Playwright keeps an event loop in this one."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coroutine).result()
-
-
-def unavailable(chapter_env):
-    return f"HTTPError: 503 Server Error: Service Unavailable for url: {chapter_env['THIRD_PARTY_URL']}/subscribe"
 
 
 def test_readme_shows_the_current_diff(chapter):
@@ -470,5 +461,5 @@ def test_no_request_gets_a_server_error(api_schema):
 def test_run_all_runs_the_chapter(stack, redis_url):
     ch06 = stack("6", REDIS_URL=redis_url)
     ch06.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
-    assert f"    page     {ch06.web}/form\n    page     {ch06.web}/form_ws\n" in ch06.process.output
+    assert f"    page         {ch06.web}/form\n    page         {ch06.web}/form_ws\n" in ch06.process.output
     assert ch06.ctrl_c() == 130

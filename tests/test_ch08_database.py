@@ -22,14 +22,8 @@ import psycopg
 import pytest
 from websockets.sync.client import connect
 
-from conftest import (
-    POSTGRESQL,
-    free_port,
-    no_request_gets_a_server_error,
-    readme_has_current_diff,
-    url_answers,
-    wait_for,
-)
+from helpers import POSTGRESQL, address, no_request_gets_a_server_error, readme_has_current_diff, url_answers
+from processes import free_port, wait_for
 
 CHAPTER = "ch08_database"
 
@@ -83,10 +77,6 @@ def chapter_modules(main):
         celery=main.celery,
     )
     database.engine.dispose()  # its connections closed here, not by the garbage collector
-
-
-def address():
-    return f"ann-{uuid.uuid4().hex[:8]}@example.com"
 
 
 def new_user(web, email, name="Ann"):
@@ -317,3 +307,20 @@ def test_no_request_gets_a_server_error(api_schema, migrated, database_url):
 def test_the_database_file_is_git_ignored(chapter):
     ignored = subprocess.run(["git", "check-ignore", "-q", str(chapter / "app.db")], cwd=chapter)
     assert ignored.returncode == 0
+
+
+def test_run_all_applies_the_migrations_then_serves(stack, repository_copy, redis_url, database_url, request):
+    """./run_all.sh ch08_database: on SQLite with no DATABASE_URL (the file in the chapter folder, in a copy of the
+    repository), or on a new PostgreSQL database; its Redis database is its own, so no other worker takes its tasks."""
+    env = {"REDIS_URL": redis_url.rsplit("/", 1)[0] + "/3", "THIRD_PARTY_DELAY": "0.1"}
+    if database_url.startswith("postgresql"):
+        env["DATABASE_URL"] = request.getfixturevalue("postgresql")()
+    ch08 = stack("8", root=repository_copy, **env)
+    ch08.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=120)
+    assert "Running upgrade  -> 0001, users: the table of models.User." in ch08.process.output
+    email = address()
+    created = new_user(ch08.web, email)
+    assert created.status_code == 201, created.text
+    assert when_subscribed(ch08.web, created.json()["id"])["task"]["result"] == {"subscribed": email}
+    assert (repository_copy / CHAPTER / "app.db").exists() == ("DATABASE_URL" not in env)
+    assert ch08.ctrl_c() == 130
