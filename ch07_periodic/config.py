@@ -9,6 +9,8 @@ import os
 from celery.schedules import crontab
 from celery.signals import celeryd_init
 
+from scheduler import PatientRedBeatScheduler
+
 logger = logging.getLogger(__name__)
 HEALTH_CHECK_INTERVAL = float(os.environ.get("HEALTH_CHECK_INTERVAL", 10))  # seconds; the tests tick every second
 
@@ -34,17 +36,17 @@ class BaseConfig:
         "check-email-service": {
             "task": "periodic.check_service",
             "schedule": HEALTH_CHECK_INTERVAL,
-            "options": {
-                "expires": HEALTH_CHECK_INTERVAL * 0.8
-            },  # a check no worker took in time is dropped, not run late
+            # a check that no worker took in time is dropped, not run late (see README, "No pile-up")
+            "options": {"expires": HEALTH_CHECK_INTERVAL * 0.8},
         },
         "resend-failed-subscriptions": {
             "task": "periodic.resend_failed",
-            "schedule": crontab(),
-        },  # every minute, at :00
+            "schedule": crontab(),  # every minute, at :00
+            "options": {"expires": 50},
+        },
     }
     # RedBeat keeps the schedule in Redis, under a lock: one beat sends, any other waits to take over (see README).
-    CELERY_BEAT_SCHEDULER = "redbeat.RedBeatScheduler"
+    CELERY_BEAT_SCHEDULER = PatientRedBeatScheduler  # RedBeat's, waiting for Redis when it goes away
     CELERY_BEAT_MAX_LOOP_INTERVAL = 5  # beat wakes at least every 5 s: a waiting beat asks for the lock that often
     # RedBeat reads its own settings without the CELERY_ prefix
     REDBEAT_REDIS_URL = CELERY_RESULT_BACKEND  # the Redis of the results, even when the tasks go to RabbitMQ

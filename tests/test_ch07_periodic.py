@@ -158,6 +158,8 @@ def test_a_second_beat_waits_and_takes_over_when_the_first_stops(start, beats, w
 
 
 def test_workers_back_after_20_s_run_at_most_one_stale_check(start, beats, workers, stand_in, redis_url):
+    for worker in workers:  # both at once, as two terminals' Ctrl+C
+        worker.proc.terminate()
     for worker in workers:
         worker.stop()
     sent = beats[-1].output.count("Sending due task check-email-service")
@@ -173,6 +175,21 @@ def test_beat_stopped_then_started_again_sends_no_burst(start, beats, workers, s
     assert checks_during(redis_url, 5) == []  # nothing is sent while beat is away
     beats.append(start_beat(start))
     assert 1 <= len(checks_during(redis_url, 2)) <= 3  # the overdue check once, then one a second: not five at once
+
+
+def test_beat_waits_for_redis_to_come_back(start, restartable_redis):
+    url = restartable_redis.url
+    beat = start(*BEAT, env={"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url})
+    try:
+        beat.wait_for_output("Sending due task check-email-service", timeout=30)
+        restartable_redis.stop()
+        beat.wait_for_output("beat: Redis is unreachable (Error 111 connecting to", timeout=10)
+        restartable_redis.start()
+        sent = beat.output.count("Sending due task check-email-service")
+        wait_for(lambda: beat.output.count("Sending due task check-email-service") > sent, 10, "a check sent again")
+        assert beat.proc.poll() is None and "Traceback" not in beat.output
+    finally:
+        beat.stop()
 
 
 def test_the_page_shows_the_health_and_its_age(page, web, beats, workers, stand_in):
