@@ -1,7 +1,8 @@
 """The email service's health, as the latest check found it: asked for (GET /health) or pushed (a WebSocket).
 
 Each check (periodic.check_service) stores what it found under a key and publishes it on the channel of the same
-name, as the result backend does with a task's states, so a page learns of each check as it is made.
+name, as the result backend does with a task's states, so a page learns of each check as it is made; the socket
+listens through the web process's one subscriber (status.py).
 """
 
 import json
@@ -11,16 +12,18 @@ from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from periodic import HEALTH
+from status import reason
 
 health_router = APIRouter()
 
 
-def service_health(stored):  # stored: the latest check's JSON, or None before the first check
+def service_health(stored):
+    """The latest check's JSON (None before the first check), with its age by this server's clock."""
     if stored is None:
-        return {"service": "unknown", "checked_at": None, "age": None, "error": None}
+        return {"service": "unknown", "checked_at": None, "error": None, "age": None}
     check = json.loads(stored)
     age = datetime.now(UTC) - datetime.fromisoformat(check["checked_at"])
-    return {**check, "age": round(age.total_seconds(), 1)}  # seconds since the check, by this server's clock
+    return {**check, "age": round(age.total_seconds(), 1)}
 
 
 @health_router.get("/health")
@@ -29,17 +32,20 @@ async def get_health(request: Request):
 
 
 @health_router.websocket("/ws/health")
-async def ws_health(websocket: WebSocket):  # open for as long as the client stays: it gets every check
+async def ws_health(websocket: WebSocket):
+    """The latest check, then every new one, for as long as the client stays; a client that left is noticed at the
+    next check, and its queue dropped then."""
+    channels = websocket.app.state.channels
     await websocket.accept()
-    redis = websocket.app.state.redis
+    if channels is None:
+        return await websocket.close(1011, "no Redis result backend to push from")
     try:
-        async with redis.pubsub() as pubsub:
-            await pubsub.subscribe(HEALTH)  # before reading the latest: no check is missed in between
-            await websocket.send_json(service_health(await redis.get(HEALTH)))
-            async for message in pubsub.listen():
-                if message["type"] == "message":
-                    await websocket.send_json(service_health(message["data"]))
-    except RedisConnectionError as exc:
-        await websocket.close(1011, f"Redis is unreachable: {exc}"[:123])
-    except WebSocketDisconnect:  # a client that left is noticed at the next check, and unsubscribed then
+        async with channels.watch(HEALTH.encode()) as queue:  # as Redis names it in a message: in bytes
+            await websocket.send_json(service_health(await websocket.app.state.redis.get(HEALTH)))
+            while not isinstance(data := await queue.get(), Exception):
+                await websocket.send_json(service_health(data))
+            raise data
+    except (RedisConnectionError, OSError) as error:
+        await websocket.close(1011, reason(f"Redis is unreachable: {error}"))
+    except WebSocketDisconnect:
         pass

@@ -25,5 +25,5 @@ class PatientRedBeatScheduler(RedBeatScheduler):
     def close(self):
         try:
             super().close()  # lets go of the lock
-        except RedisConnectionError:  # stopped while Redis is away: the lock lapses by itself (REDBEAT_LOCK_TIMEOUT)
+        except RedisConnectionError:  # stopped while Redis is away: the lock lapses by itself, in 30 s
             pass

@@ -1,21 +1,23 @@
 """ch07_periodic, in the order of its README: the diff, what beat and the worker print, the health check and the sweep,
-the crontab's next run, once per tick with two workers and a second beat, no pile-up, beat restarted, the page.
+the crontab's next run, once per tick with two workers and a second beat, no pile-up, beat restarted, Redis away,
+the page, and run_all.sh starting beat with the rest.
 
 Everything runs as a reader runs it: the stand-in, two workers and beat started with the README's commands, the
 health check every second (HEALTH_CHECK_INTERVAL=1) instead of every ten.
 """
 
 import re
-import uuid
 
 import httpx2
 import pytest
 import redis
+from fastapi.testclient import TestClient
 from playwright.sync_api import expect
 from websockets.sync.client import connect
 
 from beat_helpers import checks_during, health_checks, next_run
-from conftest import no_request_gets_a_server_error, readme_has_current_diff, wait_for
+from helpers import address, no_request_gets_a_server_error, readme_has_current_diff
+from processes import wait_for
 
 CHAPTER = "ch07_periodic"
 BEAT = ("celery", "-A", "main.celery", "beat", "--loglevel=info")
@@ -80,12 +82,13 @@ def worker_output(workers):
     return "".join(worker.output for worker in workers)
 
 
-def address(kind=""):
-    return f"ann-{uuid.uuid4().hex[:6]}{kind}@example.com"
-
-
 def test_readme_shows_the_current_diff(chapter):
     assert readme_has_current_diff(chapter)
+
+
+def test_the_api_names_its_chapter(main):
+    info = TestClient(main.app).get("/openapi.json").json()["info"]
+    assert info == {"title": "Chapter 7: periodic tasks", "version": "ch07_periodic"}
 
 
 def test_beat_sends_the_check_and_a_worker_runs_it(beats, workers, stand_in):
@@ -214,3 +217,13 @@ def test_chapter_6s_websocket_still_pushes_every_state(web, workers, stand_in):
 
 def test_no_request_gets_a_server_error(api_schema):
     assert no_request_gets_a_server_error(api_schema)
+
+
+def test_run_all_runs_beat_with_the_rest(stack, redis_url):
+    # a database of its own: on the module's, the module's beat holds the lock, and this one would wait
+    ch07 = stack("7", REDIS_URL=redis_url.rsplit("/", 1)[0] + "/2", HEALTH_CHECK_INTERVAL="1")
+    ch07.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
+    assert re.search(r"\n    beat +   sends the periodic tasks", ch07.process.output)  # the banner lists it
+    wait_for(lambda: "beat: Acquired lock" in "".join(ch07.lines_of("beat")), 10, "beat to take the lock")
+    wait_for(lambda: "Sending due task check-email-service" in "".join(ch07.lines_of("beat")), 10, "a check sent")
+    assert ch07.ctrl_c() == 130  # and every process it started has exited, beat too
