@@ -8,9 +8,13 @@ import os
 from pathlib import Path
 
 from celery import Celery
+from celery.schedules import crontab
 from celery.signals import celeryd_init
 
+from scheduler import PatientRedBeatScheduler
+
 logger = logging.getLogger(__name__)
+HEALTH_CHECK_INTERVAL = float(os.environ.get("HEALTH_CHECK_INTERVAL", 10))  # seconds; the tests tick every second
 
 
 class BaseConfig:
@@ -42,6 +46,27 @@ class BaseConfig:
         "unacked_restore_throttle": 1,
         "unacked_mutex_expire": 10,
     }
+    # What beat sends, and when (see README, "The schedule"). Times are UTC: crontab(minute=0, hour=8) is 08:00 UTC.
+    CELERY_TIMEZONE = "UTC"
+    CELERY_BEAT_SCHEDULE = {
+        "check-email-service": {
+            "task": "periodic.check_service",
+            "schedule": HEALTH_CHECK_INTERVAL,
+            # a check that no worker took in time is dropped, not run late (see README, "No pile-up")
+            "options": {"expires": HEALTH_CHECK_INTERVAL * 0.8},
+        },
+        "resend-failed-subscriptions": {
+            "task": "periodic.resend_failed",
+            "schedule": crontab(),  # every minute, at :00
+            "options": {"expires": 50},
+        },
+    }
+    # RedBeat keeps the schedule in Redis, under a lock: one beat sends, any other waits to take over (see README).
+    CELERY_BEAT_SCHEDULER = PatientRedBeatScheduler  # RedBeat's, waiting for Redis when it goes away
+    CELERY_BEAT_MAX_LOOP_INTERVAL = 5  # beat wakes at least every 5 s: a waiting beat asks for the lock that often
+    CELERY_REDBEAT_REDIS_URL = CELERY_RESULT_BACKEND  # the Redis of the results, even when the tasks go to RabbitMQ
+    CELERY_REDBEAT_REDIS_OPTIONS = {}  # not the broker's transport options, which RedBeat 2.4 would fall back to
+    CELERY_REDBEAT_LOCK_TIMEOUT = 30  # a beat that dies without letting go of the lock holds it for 30 s at most
 
 
 @celeryd_init.connect

@@ -1,7 +1,7 @@
 """Chapter 8: users in a database (SQLAlchemy 2, Alembic), each subscribed by a task sent once the user is committed.
 
 Run: uvicorn third_party:app --port 8010, celery -A main.celery worker --loglevel=info,
-alembic upgrade head && uvicorn main:app --reload
+celery -A main.celery beat --loglevel=info, alembic upgrade head && uvicorn main:app --reload
 """
 
 from pathlib import Path
@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse
 
 from config import create_celery, get_settings
 from errors import BAD_BODY_RESPONSES, add_error_handlers
+from health import health_router
 from schemas import MailingList, Numbers, Subscriber
 from status import lifespan, status_router
 from tasks import divide, import_list, subscribe
@@ -66,6 +67,7 @@ def create_app() -> FastAPI:
     app.state.celery = create_celery(settings)
     app.include_router(router)
     app.include_router(status_router)
+    app.include_router(health_router)
     app.include_router(users_router)  # and with it the models, for the app as for Alembic
     add_error_handlers(app)
     return app

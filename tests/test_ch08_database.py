@@ -6,6 +6,7 @@ Real processes started with the reader's commands: `alembic upgrade head`, two w
 here), `uvicorn main:app`; the database is a file of the test's own, or a PostgreSQL database made for it.
 """
 
+import json
 import os
 import signal
 import sqlite3
@@ -15,11 +16,13 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import httpx2
 import psycopg
 import pytest
+import redis
 from websockets.sync.client import connect
 
 from helpers import POSTGRESQL, address, no_request_gets_a_server_error, readme_has_current_diff, url_answers
@@ -168,6 +171,28 @@ def test_a_task_sent_on_commit_finds_the_user_and_a_rollback_sends_nothing(web, 
     assert len(sent) == 1
     assert when_subscribed(web, user_id)["task"]["state"] == "SUCCESS"
     assert httpx2.get(f"{web}/users/{rolled_back}").status_code == 404
+
+
+def test_the_sweep_sends_again_a_user_whose_task_was_lost(web, workers, third_party, chapter_modules, redis_url):
+    """A user committed three minutes ago whose task never left (Redis went away after the commit), and one whose
+    service refused it (+down): chapter 7's sweep, once a health check found the service up, sends the first again."""
+    users = []
+    with chapter_modules.Session() as session:
+        for email in (address(), address("+down")):
+            users.append(uncommitted_user(chapter_modules, session))
+            users[-1].email, users[-1].created_at = email, datetime.now(UTC) - timedelta(minutes=3)
+        session.commit()
+    lost, refused = users
+    chapter_modules.subscribe_user.apply_async([refused.id], task_id=refused.task_id)
+    assert when_subscribed(web, refused.id)["task"]["state"] == "FAILURE"
+    health = redis.Redis.from_url(redis_url)
+    health.delete("email-service-health")
+    chapter_modules.celery.send_task("periodic.check_service")  # as beat sends them
+    wait_for(lambda: json.loads(health.get("email-service-health") or "{}").get("service") == "up", 10, "a check")
+    chapter_modules.celery.send_task("periodic.resend_failed")
+    assert when_subscribed(web, lost.id)["task"]["result"] == {"subscribed": lost.email}
+    assert httpx2.get(f"{web}/users/{refused.id}").json()["subscribed_at"] is None
+    assert third_party.output.count(f"{refused.email}, call") == 4  # its first task's, and no more
 
 
 def test_a_taken_email_is_a_409(web):

@@ -372,7 +372,7 @@ def on_rabbitmq(rabbitmq_url, redis_url):
     }
 
 
-@pytest.mark.parametrize("chapter", ["ch03_divide", "ch04_factory", "ch05_retry", "ch06_websocket"])
+@pytest.mark.parametrize("chapter", ["ch03_divide", "ch04_factory", "ch05_retry", "ch06_websocket", "ch07_periodic"])
 def test_each_chapter_runs_unchanged_with_rabbitmq_as_the_broker(chapter, rabbitmq_url, redis_url):
     env = on_rabbitmq(rabbitmq_url, redis_url)
     worker = Process(["celery", "-A", "main.celery", "worker", "--loglevel=info"], ROOT / chapter, env)
