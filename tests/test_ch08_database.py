@@ -343,6 +343,7 @@ def test_run_all_applies_the_migrations_then_serves(stack, repository_copy, redi
     ch08 = stack("8", root=repository_copy, **env)
     ch08.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=120)
     assert "Running upgrade  -> 0001, users: the table of models.User." in ch08.process.output
+    ch08.process.wait_for_output("Sending due task check-email-service", timeout=30)  # chapter 7's beat, too
     email = address()
     created = new_user(ch08.web, email)
     assert created.status_code == 201, created.text
