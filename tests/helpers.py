@@ -186,6 +186,15 @@ def readme_has_current_diff(chapter):
     return f"```diff\n{diff.stdout}```" in readme
 
 
+def start_workers(start, names=("one", "two")):
+    """Workers started as terminals start them, one for each name (two with one name would be one to Celery), once
+    each is ready; start is the `start` fixture."""
+    workers = [start("celery", "-A", "main.celery", "worker", "--loglevel=info", "-n", f"{n}@%h") for n in names]
+    for worker in workers:
+        worker.wait_for_output(" ready.", timeout=60)
+    return workers
+
+
 def address(kind=""):
     """A new address each time, since the stand-in counts the calls of each: ann-1a2b3c+fail2@example.com."""
     return f"ann-{uuid.uuid4().hex[:6]}{kind}@example.com"

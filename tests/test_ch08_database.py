@@ -25,7 +25,14 @@ import pytest
 import redis
 from websockets.sync.client import connect
 
-from helpers import POSTGRESQL, address, no_request_gets_a_server_error, readme_has_current_diff, url_answers
+from helpers import (
+    POSTGRESQL,
+    address,
+    no_request_gets_a_server_error,
+    readme_has_current_diff,
+    start_workers,
+    url_answers,
+)
 from processes import free_port, wait_for
 
 CHAPTER = "ch08_database"
@@ -59,13 +66,8 @@ def web(migrated, web):
 
 @pytest.fixture(scope="module")
 def workers(start, migrated):
-    """Two workers, as two terminals start them, each with its own name."""
-    started = [
-        start("celery", "-A", "main.celery", "worker", "--loglevel=info", "-n", f"{n}@%h") for n in ("one", "two")
-    ]
-    for worker in started:
-        worker.wait_for_output(" ready.", timeout=60)
-    return started
+    """Two workers, as two terminals start them."""
+    return start_workers(start)
 
 
 @pytest.fixture(scope="module")
