@@ -51,11 +51,15 @@ def get_user(user_id: Annotated[int, Path(ge=1, lt=2**31)], request: Request, se
     user = session.get(User, user_id)
     if user is None:
         raise HTTPException(404, f"no user {user_id}")
+    meta = request.app.state.celery.backend.get_task_meta(user.task_id)
+    # The task ended between the two reads: its subscribed_at is committed now, read it again
+    if meta["status"] == "SUCCESS" and user.subscribed_at is None:
+        session.refresh(user)
     return {
         "id": user.id,
         "email": user.email,
         "name": user.name,
         "created_at": as_utc(user.created_at),
         "subscribed_at": as_utc(user.subscribed_at),
-        "task": status_json(user.task_id, request.app.state.celery.backend.get_task_meta(user.task_id)),
+        "task": status_json(user.task_id, meta),
     }
