@@ -48,7 +48,7 @@ def keep_failed_subscription(sender, exception, args, **kwargs):  # after the la
 def resend_failed():
     health = json.loads(redis().get(HEALTH) or "{}")
     if health.get("service") != "up":
-        return {"resent": [], "waiting": redis().scard(FAILED)}
+        return {"resent": [], "waiting": redis().scard(FAILED), "users": []}
     emails = sorted(email.decode() for email in redis().smembers(FAILED))
     for email in emails:
         subscribe.delay(email)
