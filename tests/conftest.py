@@ -20,6 +20,7 @@ import schemathesis.specs.openapi.schemas  # noqa: F401
 from helpers import (
     CHAPTER_FOLDERS,
     CLEAN_ENV,
+    POSTGRESQL,
     ROOT,
     VENV_BIN,
     RestartableRedis,
@@ -164,6 +165,31 @@ def rabbitmq_url():
     )
     yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
     subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def postgresql():
+    """new(): a database of the test session's own on the PostgreSQL at 127.0.0.1:5432, its URL; dropped after."""
+    import psycopg
+
+    try:
+        admin = psycopg.connect(POSTGRESQL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError:
+        missing(
+            "no PostgreSQL at 127.0.0.1:5432 (user postgres, trust auth, a database test)",
+            "sudo apt install postgresql (Debian, Ubuntu) or brew install postgresql (macOS)",
+        )
+    names = []
+
+    def new():
+        names.append(f"tests_{uuid.uuid4().hex[:8]}")
+        admin.execute(f'CREATE DATABASE "{names[-1]}"')
+        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{names[-1]}"
+
+    yield new
+    for name in names:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # its connections closed first
+    admin.close()
 
 
 @pytest.fixture(scope="session")

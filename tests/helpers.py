@@ -31,6 +31,8 @@ CHAPTER_FOLDERS = {path.name for path in ROOT.glob("ch[0-9][0-9]_*")}
 # The environment pytest started in, less what configures a chapter: each test sets what it needs. Read once, here,
 # since import_chapter() sets os.environ to a chapter's environment for as long as its module is imported.
 CLEAN_ENV = processes.clean_env()
+# The PostgreSQL of these machines and CI: trust authentication, user postgres, a database "test"
+POSTGRESQL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def find_redis_server():
@@ -182,6 +184,15 @@ def readme_has_current_diff(chapter):
     assert diff.returncode == 0, diff.stderr
     readme = (chapter / "README.md").read_text()
     return f"```diff\n{diff.stdout}```" in readme
+
+
+def start_workers(start, names=("one", "two")):
+    """Workers started as terminals start them, one for each name (two with one name would be one to Celery), once
+    each is ready; start is the `start` fixture."""
+    workers = [start("celery", "-A", "main.celery", "worker", "--loglevel=info", "-n", f"{n}@%h") for n in names]
+    for worker in workers:
+        worker.wait_for_output(" ready.", timeout=60)
+    return workers
 
 
 def address(kind=""):

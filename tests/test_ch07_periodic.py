@@ -16,7 +16,7 @@ from playwright.sync_api import expect
 from websockets.sync.client import connect
 
 from beat_helpers import checks_during, health_checks, next_run
-from helpers import address, no_request_gets_a_server_error, readme_has_current_diff
+from helpers import address, no_request_gets_a_server_error, readme_has_current_diff, start_workers
 from processes import wait_for
 
 CHAPTER = "ch07_periodic"
@@ -26,16 +26,6 @@ BEAT = ("celery", "-A", "main.celery", "beat", "--loglevel=info")
 @pytest.fixture(scope="module")
 def chapter_env(chapter_env):
     return chapter_env | {"THIRD_PARTY_DELAY": "0.1", "HEALTH_CHECK_INTERVAL": "1"}
-
-
-def start_workers(start):
-    """Two workers, as two terminals start them (each named: two with one name would be one to Celery)."""
-    workers = [
-        start("celery", "-A", "main.celery", "worker", "--loglevel=info", "-n", f"{n}@%h") for n in ("one", "two")
-    ]
-    for worker in workers:
-        worker.wait_for_output(" ready.", timeout=30)
-    return workers
 
 
 @pytest.fixture(scope="module")
