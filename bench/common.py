@@ -8,15 +8,16 @@ import os
 import platform
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # processes.py, which the runner and the tests share
+import processes  # noqa: E402
+from processes import ROOT, free_port, http_answers  # noqa: E402
+
 SHORT = "--short" in sys.argv  # one quick pass, to show that the benchmark still runs (CI)
 BIN = Path(sys.executable).parent
 
@@ -34,36 +35,19 @@ def machine():
         if Path("/proc/cpuinfo").exists()
         else platform.processor()
     )
-    return f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, {platform.system()} {platform.release()}"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    system = f"{platform.system()} {platform.release()}"
+    return f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, {system}"
 
 
 def wait_until(check, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except Exception:
-            pass
-        if time.monotonic() > deadline:
-            sys.exit(f"bench: no {what} after {timeout} s")
-        time.sleep(0.05)
-
-
-def answers(url):
-    import urllib.request
-
-    return urllib.request.urlopen(url, timeout=2).status == 200
+    try:
+        processes.wait_for(check, timeout, what)
+    except processes.TimedOut:
+        sys.exit(f"bench: no {what} after {timeout} s")
 
 
 def chapter_env(redis_url, **extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "FASTAPI_", "THIRD_PARTY_", "RETRY_"))}
+    env = processes.clean_env()
     return (
         env
         | {
@@ -90,36 +74,36 @@ def started(args, cwd=ROOT, env=None):
     try:
         yield process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        processes.stop_trees([process], 20)
 
 
 @contextmanager
 def redis_server():
     """A Redis of the benchmark's own, on a free port, keeping nothing."""
-    server = shutil.which("redis-server") or str(BIN / "redis-server")
+    server = processes.find_redis_server() or sys.exit("bench: no redis-server; ./run_all.sh bench installs one")
     port = free_port()
-    with started([server, "--port", str(port), "--save", "", "--appendonly", "no"]):
-        import redis
-
-        wait_until(lambda: redis.Redis(port=port).ping(), 10, "Redis")
+    with started(processes.redis_args(server, port)):
+        wait_until(lambda: processes.redis_answers(f"redis://127.0.0.1:{port}/0"), 10, "Redis")
         yield f"redis://127.0.0.1:{port}/0"
 
 
+class Url(str):
+    """A base URL, and the pid of the process that serves it."""
+
+
 @contextmanager
-def web(chapter, env, app="main:app"):
+def web(chapter, env, app="main:app", open_files=None):
     """uvicorn serving the chapter's app, or a variant of it from bench/ (enqueue_app:app...), with no access log
-    (it would be measured too); its base URL once it answers."""
+    (it would be measured too), under `ulimit -n open_files` if given; its base URL (.pid: its process) once it
+    answers."""
     port, folder = free_port(), ROOT / chapter
     command = ["uvicorn", app, "--app-dir", str(ROOT / "bench" if app != "main:app" else folder)]
-    with started([*command, "--port", str(port), "--no-access-log"], folder, env | {"PYTHONPATH": str(folder)}):
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: answers(f"{url}/"), 30, f"{chapter}'s web app")
+    if open_files:
+        command = ["prlimit", f"--nofile={open_files}", "--", *command]
+    with started([*command, "--port", str(port), "--no-access-log"], folder, env | {"PYTHONPATH": str(folder)}) as p:
+        url = Url(f"http://127.0.0.1:{port}")
+        url.pid = p.pid
+        wait_until(lambda: http_answers(f"{url}/"), 30, f"{chapter}'s web app")
         yield url
 
 
@@ -130,7 +114,7 @@ def stand_in(chapter, env):
     with started(
         ["uvicorn", "third_party:app", "--port", url.rsplit(":", 1)[1], "--no-access-log"], ROOT / chapter, env
     ):
-        wait_until(lambda: answers(f"{url}/openapi.json"), 30, "the email service's stand-in")
+        wait_until(lambda: http_answers(f"{url}/openapi.json"), 30, "the email service's stand-in")
         yield
 
 
@@ -186,8 +170,11 @@ def percentile(values, p):
 
 
 def table(title, header, rows):
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+
+    def line(cells):
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
     print(f"\n{title}\n")
     print(line(header))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")

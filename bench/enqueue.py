@@ -83,19 +83,22 @@ def report(broker, rows):
     print(
         f"POST /divide against apply_async in a loop: {api / raw_rate:.2f}x (c1), "
         f"{rows['POST /divide (c20)'][0] / raw_rate:.2f}x (c20); the load generator's GET / rate is "
-        f"{rows['GET / (c20)'][0] / rows['POST /divide (c20)'][0]:.0f}x the POST rate, so it is not what limits the POSTs."
+        f"{rows['GET / (c20)'][0] / rows['POST /divide (c20)'][0]:.0f}x the POST rate,"
+        " so it is not what limits the POSTs."
     )
     print(
         f"Where a POST /divide's {ms['POST /divide (c1)']:.2f} ms go (c1): the request and its validation "
         f"{ms['validation only (c1)']:.2f} ms, the hop to the thread pool "
-        f"{ms['validation, in the thread pool (c1)'] - ms['validation only (c1)']:.2f} ms, sending the task from that thread "
+        f"{ms['validation, in the thread pool (c1)'] - ms['validation only (c1)']:.2f} ms,"
+        " sending the task from that thread "
         f"{ms['POST /divide (c1)'] - ms['validation, in the thread pool (c1)']:.2f} ms "
         f"(from the event loop: {ms['divide.delay() on the event loop (c1)'] - ms['validation only (c1)']:.2f} ms; "
         f"in a plain loop: {ms['divide.apply_async() in a loop']:.2f} ms)."
     )
     cap = ms["divide.apply_async() in a loop"] / (ms["divide.apply_async() in a loop"] + ms["validation only (c1)"])
     print(
-        f"With no thread at all, the request's own {ms['validation only (c1)']:.2f} ms would still cap the ratio at {cap:.2f}x."
+        f"With no thread at all, the request's own {ms['validation only (c1)']:.2f} ms"
+        f" would still cap the ratio at {cap:.2f}x."
     )
 
 

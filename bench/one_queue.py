@@ -6,5 +6,4 @@ Run by bench/thumbnails.py inside ch09_thumbnails/, with bench/ on PYTHONPATH: `
 
 from main import app, celery  # noqa: F401 (app: what uvicorn serves)
 
-# No route: every task to the default queue, `celery`. The key as config.py names it, which Celery reads first.
-celery.conf.CELERY_TASK_ROUTES = {}
+celery.conf.task_routes = {}  # no route: every task goes to the default queue, `celery`

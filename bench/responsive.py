@@ -49,7 +49,8 @@ def main():
     )
     celery, inside_def, inside_async = (rows[name] for name in list(LOADS)[1:])
     print(
-        f"GET /tasks p99 with the call inside a def view: {ratio(inside_def[1], celery[1])} Celery's; GET / p99 with it "
+        f"GET /tasks p99 with the call inside a def view: {ratio(inside_def[1], celery[1])} Celery's;"
+        " GET / p99 with it "
         f"inside an async def view: {ratio(inside_async[0], celery[0])} Celery's."
     )
 

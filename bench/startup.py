@@ -1,4 +1,5 @@
-"""d. start-up: from `./run_all.sh CHAPTER` to its banner, from saving a file to the restarted worker, from Ctrl+C to exit.
+"""d. start-up: from `./run_all.sh CHAPTER` to its banner, from saving a file to the restarted worker, from Ctrl+C to
+exit.
 
 Run: ./run_all.sh bench startup. With .venv made already and a Redis running; in a copy of the repository, so that
 the edit that reloads the worker reaches no other process.
@@ -21,7 +22,7 @@ RUNS = 1 if SHORT else 2
 
 
 def copy_of_the_repository(folder):
-    for name in ["run_all.sh", "requirements.txt", "requirements-dev.txt", *CHAPTERS]:
+    for name in ["run_all.sh", "run_all.py", "processes.py", "requirements.txt", "requirements-dev.txt", *CHAPTERS]:
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, folder / name)
     (folder / ".venv").symlink_to(ROOT / ".venv")
     return folder
@@ -102,7 +103,8 @@ def main():
         rows = []
         for chapter in MEASURED:
             runs = sorted(measure(folder, chapter, redis_url) for _ in range(RUNS))
-            banner, cpu, reload, stop = (sorted(values)[len(values) // 2] for values in zip(*runs))  # medians
+            medians = (sorted(values)[len(values) // 2] for values in zip(*runs, strict=True))
+            banner, cpu, reload, stop = medians
             rows.append(
                 (chapter, f"{banner:.1f}", f"{cpu:.1f} ({cpu / os.cpu_count():.1f})", f"{reload:.1f}", f"{stop:.1f}")
             )

@@ -17,7 +17,7 @@ async def lifespan(app: FastAPI):
         yield
 
 
-app = FastAPI(lifespan=lifespan)
+app = FastAPI(title="Chapter 1: Celery inside FastAPI", version="ch01_hello", lifespan=lifespan)
 
 
 @app.get("/")

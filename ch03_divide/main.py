@@ -16,7 +16,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tasks import celery, divide
 
-app = FastAPI(max_body_size=65_536)  # a bigger body gets 413 before it is read
+# What Celery's result listener raises when it gave up reconnecting to Redis (from the connection error).
+RESULT_LISTENER_GAVE_UP = "Retry limit exceeded while trying to reconnect"
+
+# A body over 64 KiB gets a 413 before it is read.
+app = FastAPI(title="Chapter 3: divide, run by a worker", version="ch03_divide", max_body_size=65_536)
 
 
 class Numbers(BaseModel):
@@ -30,14 +34,15 @@ async def root():
     return {"message": "Hello World"}
 
 
+# A plain def runs in a thread pool, so sending the task to Redis does not block the event loop.
 @app.post("/divide", responses={400: {"description": "Not UTF-8 JSON"}, 413: {"description": "Over 64 KiB"}})
-def start_divide(numbers: Numbers):  # a plain def runs in a thread pool: sending to Redis won't block the event loop
+def start_divide(numbers: Numbers):
     task = divide.delay(numbers.x, numbers.y)
     return {"task_id": task.id}
 
 
 @app.get("/tasks/{task_id}")
-def task_status(task_id: str):
+def get_status(task_id: str):
     task = AsyncResult(task_id, app=celery)
     state = task.state  # read once: the task may finish between two reads
     return {
@@ -48,16 +53,19 @@ def task_status(task_id: str):
     }
 
 
+# FastAPI's own 422, which would fail to encode a NaN or an Infinity input: here they are shown as text.
 @app.exception_handler(RequestValidationError)
-async def invalid_input(request: Request, exc: RequestValidationError):  # FastAPI's 422, even for a NaN input
-    errors = json.loads(json.dumps(jsonable_encoder(exc.errors())), parse_constant=str)  # NaN, Infinity: as text
+async def invalid_input(request: Request, exc: RequestValidationError):
+    errors = json.loads(json.dumps(jsonable_encoder(exc.errors())), parse_constant=str)
     return JSONResponse({"detail": errors}, status_code=422)
 
 
-@app.exception_handler(OperationalError)  # sending a task: the broker did not answer
-@app.exception_handler(RedisConnectionError)  # reading a result: the result backend did not answer
-@app.exception_handler(RuntimeError)  # sending a task: Celery's result listener gave up reconnecting
+# Sending a task: the broker did not answer, or Celery's result listener gave up (a RuntimeError, of that one kind).
+# Reading a result: the result backend did not answer.
+@app.exception_handler(OperationalError)
+@app.exception_handler(RuntimeError)
+@app.exception_handler(RedisConnectionError)
 async def redis_unreachable(request: Request, exc: Exception):
-    if isinstance(exc, RuntimeError) and not isinstance(exc.__cause__, RedisConnectionError):
+    if isinstance(exc, RuntimeError) and RESULT_LISTENER_GAVE_UP not in str(exc):
         raise exc
     return JSONResponse({"detail": f"Redis is unreachable: {exc.__cause__ or exc}"}, status_code=503)

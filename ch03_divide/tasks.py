@@ -11,12 +11,15 @@ celery = Celery(
     "worker",
     broker=os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"),
     backend=os.environ.get("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/0"),
-    result_backend_transport_options={"retry_policy": {"max_retries": 1}},  # no Redis: a 503 at once, not after 20 s
+    # The API tries Redis once more, not for 20 s: no Redis is a 503 at once. A worker waits (patient_worker).
+    result_backend_transport_options={"retry_policy": {"max_retries": 1}},
 )
 
 
 @celeryd_init.connect
-def patient_worker(conf, **kwargs):  # the worker, unlike the API, waits for Redis to come back to store a result
+def patient_worker(conf, **kwargs):
+    """A worker, unlike the API, waits for Redis to come back to store a result: redis-py's default retry policy in
+    place of the API's one retry (above), and a result stored however long Redis is away."""
     conf.result_backend_transport_options = {}
     conf.result_backend_always_retry = True
 

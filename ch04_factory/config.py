@@ -1,10 +1,11 @@
-"""Settings for each environment, as plain classes; FASTAPI_CONFIG picks one. Celery's keys start with CELERY_.
+"""Settings per environment, as plain classes (FASTAPI_CONFIG picks one); create_celery() hands Celery its CELERY_ ones.
 
 A worker changes a few for itself as it starts (patient_worker): it waits for Redis, where the API gives up at once.
 """
 
 import os
 
+from celery import Celery
 from celery.signals import celeryd_init
 
 
@@ -12,11 +13,14 @@ class BaseConfig:
     DEBUG = False
     CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
     CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/0")
-    CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": {"max_retries": 1}}  # no Redis: a 503 at once
+    # The API tries Redis once more, not for 20 s: no Redis is a 503 at once. A worker waits (patient_worker).
+    CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": {"max_retries": 1}}
 
 
 @celeryd_init.connect
-def patient_worker(conf, **kwargs):  # the worker, unlike the API, waits for Redis to come back to store a result
+def patient_worker(conf, **kwargs):
+    """A worker, unlike the API, waits for Redis to come back to store a result: redis-py's default retry policy in
+    place of the API's one retry (BaseConfig), and a result stored however long Redis is away."""
     conf.result_backend_transport_options = {}
     conf.result_backend_always_retry = True
 
@@ -44,3 +48,13 @@ def get_settings():
     if name not in CONFIGS:
         raise ValueError(f"FASTAPI_CONFIG={name!r}: use one of {', '.join(CONFIGS)}")
     return CONFIGS[name]()
+
+
+def create_celery(settings):
+    """A Celery app made the default of every thread, the one @shared_task tasks run on, with each CELERY_ setting
+    under Celery's own name (CELERY_TASK_ACKS_LATE: task_acks_late): see ch04_factory/README.md, "The Celery app"."""
+    celery_app = Celery("worker")
+    names = [name for name in dir(settings) if name.startswith("CELERY_")]
+    celery_app.conf.update({name.removeprefix("CELERY_").lower(): getattr(settings, name) for name in names})
+    celery_app.set_default()
+    return celery_app

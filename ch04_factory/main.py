@@ -4,22 +4,13 @@ FASTAPI_CONFIG picks development (the default), production, or testing (tasks ru
 Run: celery -A main.celery worker --loglevel=info   (and uvicorn main:app --reload)
 """
 
-from celery import current_app as current_celery_app
 from celery.result import AsyncResult
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, FiniteFloat
 
-from config import get_settings
+from config import create_celery, get_settings
 from errors import add_error_handlers
 from tasks import divide
-
-
-def create_celery(settings):
-    celery_app = current_celery_app._get_current_object()  # the app that @shared_task tasks run on
-    celery_app.config_from_object(settings, namespace="CELERY")
-    celery_app.conf.deprecated_settings.clear()  # no key is a Celery 3 name under a namespace: see README
-    return celery_app
-
 
 router = APIRouter()
 
@@ -35,15 +26,16 @@ async def root():
     return {"message": "Hello World"}
 
 
+# A plain def runs in a thread pool, so sending the task to Redis does not block the event loop.
 @router.post("/divide", responses={400: {"description": "Not UTF-8 JSON"}, 413: {"description": "Over 64 KiB"}})
-def start_divide(numbers: Numbers):  # a plain def runs in a thread pool: sending to Redis won't block the event loop
+def start_divide(numbers: Numbers):
     task = divide.delay(numbers.x, numbers.y)
     return {"task_id": task.id}
 
 
 @router.get("/tasks/{task_id}")
-def task_status(task_id: str, request: Request):
-    task = AsyncResult(task_id, app=request.app.celery_app)
+def get_status(task_id: str, request: Request):
+    task = AsyncResult(task_id, app=request.app.state.celery)
     state = task.state  # read once: the task may finish between two reads
     return {
         "task_id": task_id,
@@ -55,13 +47,16 @@ def task_status(task_id: str, request: Request):
 
 def create_app() -> FastAPI:
     settings = get_settings()
-    app = FastAPI(debug=settings.DEBUG, max_body_size=65_536)  # a bigger body: 413 before it is read
-    app.settings = settings
-    app.celery_app = create_celery(settings)
+    # A body over 64 KiB gets a 413 before it is read.
+    app = FastAPI(
+        title="Chapter 4: an application factory", version="ch04_factory", debug=settings.DEBUG, max_body_size=65_536
+    )
+    app.state.settings = settings
+    app.state.celery = create_celery(settings)
     app.include_router(router)
     add_error_handlers(app)
     return app
 
 
 app = create_app()
-celery = app.celery_app
+celery = app.state.celery

@@ -9,21 +9,25 @@ from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+# What Celery's result listener raises when it gave up reconnecting to Redis (from the connection error).
+RESULT_LISTENER_GAVE_UP = "Retry limit exceeded while trying to reconnect"
 
-async def invalid_input(request: Request, exc: RequestValidationError):  # FastAPI's 422, even for a NaN input
-    errors = json.loads(json.dumps(jsonable_encoder(exc.errors())), parse_constant=str)  # NaN, Infinity: as text
+
+async def invalid_input(request: Request, exc: RequestValidationError):
+    """FastAPI's own 422, which would fail to encode a NaN or an Infinity input: here they are shown as text."""
+    errors = json.loads(json.dumps(jsonable_encoder(exc.errors())), parse_constant=str)
     return JSONResponse({"detail": errors}, status_code=422)
 
 
 async def redis_unreachable(request: Request, exc: Exception):
-    if isinstance(exc, RuntimeError) and not isinstance(exc.__cause__, RedisConnectionError):
-        raise exc  # a RuntimeError of another kind
+    if isinstance(exc, RuntimeError) and RESULT_LISTENER_GAVE_UP not in str(exc):
+        raise exc
     return JSONResponse({"detail": f"Redis is unreachable: {exc.__cause__ or exc}"}, status_code=503)
 
 
 def add_error_handlers(app: FastAPI):
     app.add_exception_handler(RequestValidationError, invalid_input)
-    # sending a task: the broker did not answer, or Celery's result listener gave up reconnecting;
-    # reading a result: the result backend did not answer
+    # Sending a task: the broker did not answer, or Celery's result listener gave up (a RuntimeError, of that one
+    # kind). Reading a result: the result backend did not answer.
     for error in (OperationalError, RuntimeError, RedisConnectionError):
         app.add_exception_handler(error, redis_unreachable)

@@ -5,35 +5,16 @@ Run: uvicorn third_party:app --port 8010, celery -A main.celery worker --logleve
 
 from pathlib import Path
 
-from celery import current_app as current_celery_app
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, EmailStr, FiniteFloat
 
-from config import get_settings
+from config import create_celery, get_settings
 from errors import add_error_handlers
+from schemas import Numbers, Subscriber
 from tasks import divide, subscribe
 
-
-def create_celery(settings):
-    celery_app = current_celery_app._get_current_object()  # the app that @shared_task tasks run on
-    celery_app.config_from_object(settings, namespace="CELERY")
-    celery_app.conf.deprecated_settings.clear()  # no key is a Celery 3 name under a namespace: see README
-    return celery_app
-
-
 router = APIRouter()
-BAD_BODY = {400: {"description": "Not UTF-8 JSON"}, 413: {"description": "Over 64 KiB"}}
-
-
-class Numbers(BaseModel):
-    model_config = ConfigDict(strict=True)  # numbers only: not "5", not true
-    x: FiniteFloat
-    y: FiniteFloat
-
-
-class Subscriber(BaseModel):
-    email: EmailStr
+BAD_BODY_RESPONSES = {400: {"description": "Not UTF-8 JSON"}, 413: {"description": "Over 64 KiB"}}
 
 
 @router.get("/")
@@ -41,26 +22,29 @@ async def root():
     return {"message": "Hello World"}
 
 
-@router.post("/divide", responses=BAD_BODY)
-def start_divide(numbers: Numbers):  # a plain def runs in a thread pool: sending to Redis won't block the event loop
+# A plain def runs in a thread pool, so sending the task to Redis does not block the event loop.
+@router.post("/divide", responses=BAD_BODY_RESPONSES)
+def start_divide(numbers: Numbers):
     task = divide.delay(numbers.x, numbers.y)
     return {"task_id": task.id}
 
 
-@router.post("/subscribe", responses=BAD_BODY)
-def start_subscribe(subscriber: Subscriber):  # answers at once; the task calls the slow service
+@router.post("/subscribe", responses=BAD_BODY_RESPONSES)
+def start_subscribe(subscriber: Subscriber):
     task = subscribe.delay(subscriber.email)
     return {"task_id": task.id}
 
 
+# One read of the result backend, so state, result and retries agree. A RETRY is stored before its retry runs,
+# with the count of the retries before it: that one is counted here.
 @router.get("/tasks/{task_id}")
-def task_status(task_id: str, request: Request):
-    meta = request.app.celery_app.backend.get_task_meta(task_id)  # one read: state, result and retries agree
-    state, result = meta["status"], meta["result"]
+def get_status(task_id: str, request: Request):
+    meta = request.app.state.celery.backend.get_task_meta(task_id)
+    state, result, retries = meta["status"], meta["result"], meta.get("retries") or 0
     return {
         "task_id": task_id,
         "state": state,
-        "retries": (meta.get("retries") or 0) + (state == "RETRY"),  # RETRY is stored before the retry runs
+        "retries": retries + 1 if state == "RETRY" else retries,
         "result": result if state == "SUCCESS" else None,
         "error": f"{type(result).__name__}: {result}" if state in ("RETRY", "FAILURE") else None,
     }
@@ -73,13 +57,14 @@ def form():
 
 def create_app() -> FastAPI:
     settings = get_settings()
-    app = FastAPI(debug=settings.DEBUG, max_body_size=65_536)  # a bigger body: 413 before it is read
-    app.settings = settings
-    app.celery_app = create_celery(settings)
+    # A body over 64 KiB gets a 413 before it is read.
+    app = FastAPI(title="Chapter 5: retries", version="ch05_retry", debug=settings.DEBUG, max_body_size=65_536)
+    app.state.settings = settings
+    app.state.celery = create_celery(settings)
     app.include_router(router)
     add_error_handlers(app)
     return app
 
 
 app = create_app()
-celery = app.celery_app
+celery = app.state.celery

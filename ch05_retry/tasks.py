@@ -22,16 +22,17 @@ def divide(x, y):
 
 def call_third_party(email):
     response = requests.post(f"{THIRD_PARTY_URL}/subscribe", json={"email": email}, timeout=10)
-    response.raise_for_status()  # a 503 raises HTTPError, as a refused connection or a timeout raise theirs
+    response.raise_for_status()  # a 503 is a RequestException, as a refused connection or a timeout are
     return response.json()
 
 
-@shared_task(bind=True)  # bound: the task itself comes first, as self
+# Bound: the task itself comes first, as self. After its third retry, retry() raises exc: the task's FAILURE.
+@shared_task(bind=True, max_retries=3)
 def subscribe(self, email):
     try:
         return call_third_party(email)
     except requests.RequestException as exc:
-        raise self.retry(exc=exc, countdown=COUNTDOWN)  # at most max_retries=3 times; then exc is the error
+        raise self.retry(exc=exc, countdown=COUNTDOWN) from exc
 
 
 @shared_task(autoretry_for=(requests.RequestException,), max_retries=3, retry_backoff=COUNTDOWN, retry_jitter=False)

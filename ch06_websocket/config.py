@@ -1,4 +1,4 @@
-"""Settings for each environment, as plain classes; FASTAPI_CONFIG picks one. Celery's keys start with CELERY_.
+"""Settings per environment, as plain classes (FASTAPI_CONFIG picks one); create_celery() hands Celery its CELERY_ ones.
 
 A worker changes a few for itself as it starts (patient_worker): it waits for Redis, where the API gives up at once.
 """
@@ -6,6 +6,7 @@ A worker changes a few for itself as it starts (patient_worker): it waits for Re
 import logging
 import os
 
+from celery import Celery
 from celery.signals import celeryd_init
 
 logger = logging.getLogger(__name__)
@@ -15,29 +16,38 @@ class BaseConfig:
     DEBUG = False
     CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
     CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/0")
-    CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": {"max_retries": 1}}  # no Redis: a 503 at once
+    # The API tries Redis once more, not for 20 s: no Redis is a 503 at once. A worker waits (patient_worker).
+    CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": {"max_retries": 1}}
     CELERY_RESULT_EXTENDED = True  # a result keeps its task's retry count, for GET /tasks/{task_id}
-    CELERY_TASK_TRACK_STARTED = True  # the worker stores STARTED when a task starts: it is pushed like the others
-    CELERY_TASK_ACKS_LATE = True  # a task leaves Redis when it ends, not when it starts: a crash loses nothing
-    CELERY_TASK_REJECT_ON_WORKER_LOST = True  # and a task whose process was killed is queued again at once
-    CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # a worker holds only the tasks it runs; the rest wait in Redis
+    CELERY_TASK_TRACK_STARTED = True  # a STARTED state is stored, so pushed, too
+    # A task leaves Redis when it ends, not when it starts, so a crash loses nothing; a task whose process was killed
+    # is queued again at once; a worker holds only the tasks it runs, the rest wait in Redis.
+    CELERY_TASK_ACKS_LATE = True
+    CELERY_TASK_REJECT_ON_WORKER_LOST = True
+    CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+    # No task runs past these, so none is held past the visibility_timeout below (README: "Time limits"): at 30 s
+    # SoftTimeLimitExceeded is raised in the task, which ends FAILURE; at 35 s its process is killed.
+    CELERY_TASK_SOFT_TIME_LIMIT = 30
+    CELERY_TASK_TIME_LIMIT = 35
+    # How a dead worker's tasks come back (see ch05_retry/README.md, "What a retry survives"): handed out again 60 s
+    # after it took them, more than the time limit plus the longest countdown; looked for every 10 s (interval x
+    # throttle, where kombu's default is 10 s x 10); by one worker at a time, under a lock that lapses in 10 s, not
+    # 5 min, if its worker dies.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "visibility_timeout": 60,  # a task a dead worker held is handed out again after 60 s: > any countdown here
-        "unacked_restore_throttle": 1,  # and looked for every 10 s, not every 100 s
-        "unacked_mutex_expire": 10,  # one worker looks at a time; a killed one's turn lapses in 10 s, not 5 min
+        "visibility_timeout": 60,
+        "unacked_restore_interval": 10,
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": 10,
     }
 
 
 @celeryd_init.connect
-def patient_worker(conf, **kwargs):  # the worker, unlike the API, waits for Redis as long as it takes,
+def patient_worker(conf, **kwargs):
+    """A worker, unlike the API, waits for Redis as long as it takes: to store a result (redis-py's default retry
+    policy in place of the API's one retry, in BaseConfig), and to send a retry, which Celery would drop after 0.6 s."""
     conf.result_backend_transport_options = {}
-    conf.result_backend_always_retry = True  # to store a result
-    conf.task_publish_retry_policy = {  # and to send a retry, which Celery would otherwise drop after 0.6 s
-        "max_retries": None,
-        "interval_step": 1,
-        "interval_max": 2,
-        "errback": redis_away,
-    }
+    conf.result_backend_always_retry = True
+    conf.task_publish_retry_policy = {"max_retries": None, "interval_step": 1, "interval_max": 2, "errback": redis_away}
 
 
 def redis_away(exc, interval):
@@ -67,3 +77,13 @@ def get_settings():
     if name not in CONFIGS:
         raise ValueError(f"FASTAPI_CONFIG={name!r}: use one of {', '.join(CONFIGS)}")
     return CONFIGS[name]()
+
+
+def create_celery(settings):
+    """A Celery app made the default of every thread, the one @shared_task tasks run on, with each CELERY_ setting
+    under Celery's own name (CELERY_TASK_ACKS_LATE: task_acks_late): see ch04_factory/README.md, "The Celery app"."""
+    celery_app = Celery("worker")
+    names = [name for name in dir(settings) if name.startswith("CELERY_")]
+    celery_app.conf.update({name.removeprefix("CELERY_").lower(): getattr(settings, name) for name in names})
+    celery_app.set_default()
+    return celery_app

@@ -2,6 +2,7 @@
 
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime
 from time import sleep
 
@@ -28,16 +29,17 @@ def divide(x, y):
 
 def call_third_party(email):
     response = requests.post(f"{THIRD_PARTY_URL}/subscribe", json={"email": email}, timeout=10)
-    response.raise_for_status()  # a 503 raises HTTPError, as a refused connection or a timeout raise theirs
+    response.raise_for_status()  # a 503 is a RequestException, as a refused connection or a timeout are
     return response.json()
 
 
-@shared_task(bind=True)  # bound: the task itself comes first, as self
+# Bound: the task itself comes first, as self. After its third retry, retry() raises exc: the task's FAILURE.
+@shared_task(bind=True, max_retries=3)
 def subscribe(self, email):
     try:
         return call_third_party(email)
     except requests.RequestException as exc:
-        raise self.retry(exc=exc, countdown=COUNTDOWN)  # at most max_retries=3 times; then exc is the error
+        raise self.retry(exc=exc, countdown=COUNTDOWN) from exc
 
 
 @shared_task(autoretry_for=(requests.RequestException,), max_retries=3, retry_backoff=COUNTDOWN, retry_jitter=False)
@@ -46,29 +48,40 @@ def subscribe_with_backoff(email):  # the same, declared: retries after 5 s, the
 
 
 @shared_task(bind=True)
-def import_list(self, emails):  # one call per address; each PROGRESS is stored, so pushed to the page
+def import_list(self, emails):
+    """All the calls at once, so that the list takes as long as its slowest call, well within the time limit;
+    each PROGRESS is stored, so pushed to the page."""
     failed = []
-    for done, email in enumerate(emails, 1):
-        try:
-            call_third_party(email)
-        except requests.RequestException as exc:
-            failed.append(f"{email}: {exc}")
-        self.update_state(state="PROGRESS", meta={"done": done, "total": len(emails)})
+    with ThreadPoolExecutor(len(emails)) as pool:
+        calls = {pool.submit(call_third_party, email): email for email in emails}
+        for done, call in enumerate(as_completed(calls), 1):
+            try:
+                call.result()
+            except requests.RequestException as exc:
+                failed.append(f"{calls[call]}: {exc}")
+            self.update_state(state="PROGRESS", meta={"done": done, "total": len(emails)})
     return {"subscribed": len(emails) - len(failed), "failed": failed}
 
 
-@shared_task(bind=True, max_retries=None)  # the database away: retried until it is back; the service: 3 times
-def subscribe_user(self, user_id):  # the id, never the User: the task reads the row as committed when it runs
+# The database away: retried every COUNTDOWN seconds until it is back. The service failing: three times, as subscribe.
+@shared_task(bind=True, max_retries=None)
+def subscribe_user(self, user_id):
+    """Subscribe a user once, however often this runs (README: "One subscription, however often the task runs").
+
+    It takes the user's id, never the User, and reads the row as it is committed when the task runs."""
     try:
-        with Session() as session:  # NoResultFound here: the task was sent before the user was committed
+        # NoResultFound here: the task was sent before the user was committed (README: "Commit, then send")
+        with Session() as session:
             user = session.execute(select(User).where(User.id == user_id)).scalar_one()
-        if user.subscribed_at is None:  # a retry, a redelivery or a second send of a subscribed user calls nobody
+        if user.subscribed_at is None:
             call_third_party(user.email)
-            with Session.begin() as session:  # a write first: SQLite's busy timeout covers it (README)
+            # A transaction whose first statement writes: SQLite's busy timeout covers it (README: "Two writers")
+            with Session.begin() as session:
                 subscribed = update(User).where(User.id == user_id, User.subscribed_at.is_(None))
                 session.execute(subscribed.values(subscribed_at=datetime.now(UTC)))
     except requests.RequestException as exc:
-        raise self.retry(exc=exc, countdown=COUNTDOWN, max_retries=3)
-    except OperationalError as exc:  # stored as a ConnectionError: Celery cannot rebuild SQLAlchemy's from JSON
-        raise self.retry(exc=ConnectionError(unavailable(exc)), countdown=COUNTDOWN)
+        raise self.retry(exc=exc, countdown=COUNTDOWN, max_retries=3) from exc
+    except OperationalError as exc:
+        # Stored as a ConnectionError: Celery cannot rebuild SQLAlchemy's own error from JSON
+        raise self.retry(exc=ConnectionError(unavailable(exc)), countdown=COUNTDOWN) from exc
     return {"subscribed": user.email}

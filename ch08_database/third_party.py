@@ -1,7 +1,10 @@
-"""A stand-in for a third-party email-marketing API: slow, and failing on demand. Run: uvicorn third_party:app --port 8010
+"""A stand-in for a third-party email-marketing API: slow, and failing on demand.
 
 POST /subscribe {"email": ...} answers after THIRD_PARTY_DELAY seconds (default 5, like httpbin's /delay/5), failures
-included: 200 {"subscribed": email}, except 503 for the first N calls of an address ending in +failN, every call of +down.
+included: 200 {"subscribed": email}, except 503 for the first N calls of an address ending in +failN, and for every
+call of an address ending in +down. GET /health answers 200 {"status": "ok"} at once, while the service runs.
+
+Run: uvicorn third_party:app --port 8010
 """
 
 import asyncio
@@ -21,6 +24,11 @@ calls = Counter()  # per address, since this process started
 
 class Subscriber(BaseModel):
     email: str
+
+
+@app.get("/health")
+async def health():
+    return {"status": "ok"}
 
 
 @app.post("/subscribe")

@@ -10,7 +10,7 @@ from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 from config import get_settings
 
-BUSY_TIMEOUT = 1.5  # seconds SQLite waits for another connection's write lock: then the API answers 503
+BUSY_TIMEOUT = 1  # seconds SQLite waits for another connection's write lock: then the API answers 503
 
 
 class Base(DeclarativeBase):
@@ -23,7 +23,7 @@ def create_db_engine(url):
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT})
         event.listen(engine, "connect", sqlite_pragmas)
         return engine
-    # PostgreSQL: a connection the server dropped is replaced unseen; an unreachable server is given 2 s (libpq's least)
+    # PostgreSQL: a connection the server dropped is replaced unseen; an unreachable server is given 2 s, libpq's least
     return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 2})
 
 
@@ -42,13 +42,15 @@ def get_session():
 
 
 @worker_process_init.connect
-def new_connections_after_fork(**kwargs):  # a worker's process, forked: the parent's connections stay the parent's
+def new_connections_after_fork(**kwargs):
+    """In each pool process of a worker, after the fork: a pool of its own; the parent's connections stay its own."""
     engine.dispose(close=False)
 
 
-def unavailable(exc):  # an OperationalError (unreachable, locked) or a TimeoutError (no connection free in time)
-    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]  # the driver's words, not SQLAlchemy's notes
-    return f"The database is unavailable: {reason}"
+def unavailable(exc):
+    """What an OperationalError (unreachable, locked) or a TimeoutError (no connection free in time) says, in a line:
+    the driver's own words, without SQLAlchemy's notes."""
+    return f"The database is unavailable: {str(getattr(exc, 'orig', None) or exc).splitlines()[0]}"
 
 
 def on_commit(session, send):
@@ -65,7 +67,8 @@ def run_on_commit(session):
         send()
 
 
+# A rollback, or a close with no commit: nothing is sent. A savepoint's end is not the transaction's.
 @event.listens_for(Session, "after_transaction_end")
-def drop_on_commit(session, transaction):  # a rollback, or a close without a commit: nothing is sent
+def drop_on_commit(session, transaction):
     if not transaction.nested:
         session.info.pop("on_commit", None)

@@ -112,7 +112,7 @@ def make_thumbnail(self, user_id, upload):  # upload: the file's name in the upl
         with Session.begin() as session:
             stored = session.execute(update(User).where(User.id == user_id).values(thumbnail_url=url))
     except OperationalError as exc:
-        raise self.retry(exc=ConnectionError(unavailable(exc)), countdown=COUNTDOWN) from None
+        raise self.retry(exc=ConnectionError(unavailable(exc)), countdown=COUNTDOWN) from exc
     if stored.rowcount == 0:
         raise LookupError(f"no user {user_id}")
     return {"thumbnail_url": url, "width": small.width, "height": small.height}

@@ -1,46 +1,25 @@
 """Chapter 9: a user's avatar, made a thumbnail by a task on a queue of its own, so that uploads delay no subscription.
 
 Run: uvicorn third_party:app --port 8010, celery -A main.celery worker --loglevel=info -Q celery -n celery@%h,
-celery -A main.celery worker --loglevel=info -Q images -n images@%h, alembic upgrade head && uvicorn main:app --reload
+celery -A main.celery worker --loglevel=info -Q images -n images@%h, celery -A main.celery beat --loglevel=info,
+alembic upgrade head && uvicorn main:app --reload
 """
 
 from pathlib import Path
 
-from celery import current_app as current_celery_app
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, FiniteFloat
 
-from config import get_settings
-from errors import BAD_BODY, add_error_handlers
+from config import create_celery, get_settings
+from errors import BAD_BODY_RESPONSES, add_error_handlers
+from health import health_router
 from images import images_router, thumbnails
+from schemas import MailingList, Numbers, Subscriber
 from status import lifespan, status_router
 from tasks import divide, import_list, subscribe
 from users import users_router
 
-
-def create_celery(settings):
-    celery_app = current_celery_app._get_current_object()  # the app that @shared_task tasks run on
-    celery_app.config_from_object(settings, namespace="CELERY")
-    celery_app.conf.deprecated_settings.clear()  # no key is a Celery 3 name under a namespace: see README
-    return celery_app
-
-
 router = APIRouter()
-
-
-class Numbers(BaseModel):
-    model_config = ConfigDict(strict=True)  # numbers only: not "5", not true
-    x: FiniteFloat
-    y: FiniteFloat
-
-
-class Subscriber(BaseModel):
-    email: EmailStr
-
-
-class MailingList(BaseModel):
-    emails: list[EmailStr] = Field(min_length=1, max_length=10)  # a call of 5 s each: under a minute in all
 
 
 @router.get("/")
@@ -48,19 +27,20 @@ async def root():
     return {"message": "Hello World"}
 
 
-@router.post("/divide", responses=BAD_BODY)
-def start_divide(numbers: Numbers):  # a plain def runs in a thread pool: sending to Redis won't block the event loop
+# A plain def runs in a thread pool, so sending the task to Redis does not block the event loop.
+@router.post("/divide", responses=BAD_BODY_RESPONSES)
+def start_divide(numbers: Numbers):
     task = divide.delay(numbers.x, numbers.y)
     return {"task_id": task.id}
 
 
-@router.post("/subscribe", responses=BAD_BODY)
-def start_subscribe(subscriber: Subscriber):  # answers at once; the task calls the slow service
+@router.post("/subscribe", responses=BAD_BODY_RESPONSES)
+def start_subscribe(subscriber: Subscriber):
     task = subscribe.delay(subscriber.email)
     return {"task_id": task.id}
 
 
-@router.post("/import", responses=BAD_BODY)
+@router.post("/import", responses=BAD_BODY_RESPONSES)
 def start_import(mailing_list: MailingList):
     task = import_list.delay(mailing_list.emails)
     return {"task_id": task.id}
@@ -83,11 +63,18 @@ def form_avatar():  # this chapter's page: an upload, its states, then its thumb
 
 def create_app() -> FastAPI:
     settings = get_settings()
-    app = FastAPI(debug=settings.DEBUG, max_body_size=65_536, lifespan=lifespan)  # a bigger body: 413, unread
+    app = FastAPI(
+        title="Chapter 9: thumbnails",
+        version="ch09_thumbnails",
+        debug=settings.DEBUG,
+        max_body_size=65_536,  # a bigger body gets a 413 before it is read
+        lifespan=lifespan,
+    )
     app.state.settings = settings
     app.state.celery = create_celery(settings)
     app.include_router(router)
     app.include_router(status_router)
+    app.include_router(health_router)
     app.include_router(users_router)  # and with it the models, for the app as for Alembic
     app.include_router(images_router)
     app.mount("/media/thumbnails", thumbnails())

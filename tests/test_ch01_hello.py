@@ -1,4 +1,4 @@
-"""ch01_hello, in the order of its README: Hello World, a task run by the worker inside the web process, reload, Redis."""
+"""ch01_hello, in the order of its README: Hello World, a task run by a worker inside the web process, reload, Redis."""
 
 import shutil
 
@@ -6,7 +6,8 @@ import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import CLEAN_ENV, Process, free_port, import_chapter, no_request_gets_a_server_error, wait_for
+from helpers import CLEAN_ENV, import_chapter, no_request_gets_a_server_error
+from processes import Process, free_port, wait_for
 
 CHAPTER = "ch01_hello"
 
@@ -21,6 +22,11 @@ def chapter_env(chapter_env):
 def client(main):
     with TestClient(main.app) as client:  # runs the lifespan: the worker thread starts and stops with the app
         yield client
+
+
+def test_the_api_names_its_chapter(main):
+    info = TestClient(main.app).get("/openapi.json").json()["info"]
+    assert info == {"title": "Chapter 1: Celery inside FastAPI", "version": "ch01_hello"}
 
 
 def test_no_broker_is_configured(main):

@@ -5,20 +5,25 @@ import pytest
 from celery.result import AsyncResult
 from fastapi.testclient import TestClient
 
-from conftest import (
-    assert_redis_down_then_back,
+from helpers import (
     bodies_over_64_kib_are_refused,
     no_request_gets_a_server_error,
     readme_has_current_diff,
     status_when_done,
-    wait_for,
 )
+from processes import wait_for
+from scenarios import assert_redis_down_then_back
 
 CHAPTER = "ch03_divide"
 
 
 def test_readme_shows_the_current_diff(chapter):
     assert readme_has_current_diff(chapter)
+
+
+def test_the_api_names_its_chapter(main):
+    info = TestClient(main.app).get("/openapi.json").json()["info"]
+    assert info == {"title": "Chapter 3: divide, run by a worker", "version": "ch03_divide"}
 
 
 def test_tasks_travel_as_json_only(main):

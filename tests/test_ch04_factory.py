@@ -1,19 +1,21 @@
 """ch04_factory, in the order of its README: the diff, the factory, FASTAPI_CONFIG, the testing flow, the worker."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import (
-    assert_redis_down_then_back,
+from helpers import (
     bodies_over_64_kib_are_refused,
     import_chapter,
     no_request_gets_a_server_error,
     readme_has_current_diff,
     run_all,
     status_when_done,
-    wait_for,
 )
+from processes import wait_for
+from scenarios import assert_redis_down_then_back
 
 CHAPTER = "ch04_factory"
 
@@ -22,21 +24,29 @@ def test_readme_shows_the_current_diff(chapter):
     assert readme_has_current_diff(chapter)
 
 
+def test_the_api_names_its_chapter(main):
+    info = TestClient(main.app).get("/openapi.json").json()["info"]
+    assert info == {"title": "Chapter 4: an application factory", "version": "ch04_factory"}
+
+
+def test_the_app_carries_its_celery_app_the_default_one_shared_tasks_run_on(chapter, chapter_env):
+    with import_chapter(chapter, chapter_env) as main:
+        assert main.celery is main.app.state.celery
+        assert main.divide.app is main.celery and main.divide.name == "tasks.divide"
+        # in a request's thread too: FastAPI runs a plain def in a thread pool
+        with ThreadPoolExecutor(1) as pool:
+            assert pool.submit(lambda: main.divide.app).result() is main.celery
+
+
 def test_each_create_app_call_builds_a_new_app(main):
     first, second = main.create_app(), main.create_app()
     assert first is not second
-    assert first.router is not second.router and first.settings is not second.settings
+    assert first.router is not second.router and first.state.settings is not second.state.settings
+    assert first.state.celery is not second.state.celery and main.divide.app is second.state.celery
     first.add_api_route("/only-here", lambda: {"here": True})
     assert TestClient(first).get("/only-here").json() == {"here": True}
     assert TestClient(second).get("/only-here").status_code == 404
     assert TestClient(second).get("/").json() == {"message": "Hello World"}
-
-
-def test_the_celery_app_is_the_current_one_shared_tasks_run_on(main):
-    from celery import current_app
-
-    assert main.celery is main.app.celery_app is current_app._get_current_object()
-    assert main.divide.app is main.celery and main.divide.name == "tasks.divide"
 
 
 @pytest.mark.parametrize(
@@ -49,13 +59,13 @@ def test_the_celery_app_is_the_current_one_shared_tasks_run_on(main):
 )
 def test_fastapi_config_picks_the_settings(chapter, chapter_env, name, config, debug, eager):
     with import_chapter(chapter, chapter_env | {"FASTAPI_CONFIG": name}) as main:
-        assert (type(main.app.settings).__name__, main.app.debug) == (config, debug)
+        assert (type(main.app.state.settings).__name__, main.app.debug) == (config, debug)
         assert main.celery.conf.task_always_eager is eager
         assert main.celery.conf.deprecated_settings == set()
 
 
 def test_development_is_the_default(main):
-    assert type(main.app.settings).__name__ == "DevelopmentConfig"
+    assert type(main.app.state.settings).__name__ == "DevelopmentConfig"
 
 
 def test_an_unknown_fastapi_config_is_a_clear_error(chapter, chapter_env):
@@ -167,7 +177,7 @@ def test_run_all_runs_the_chapter(stack, redis_url):
 
 def test_run_all_shell_imports_the_factory(redis_url):
     result = run_all(
-        "shell", "ch04_factory", env={"REDIS_URL": redis_url}, input="print(type(app.settings).__name__)\n"
+        "shell", "ch04_factory", env={"REDIS_URL": redis_url}, input="print(type(app.state.settings).__name__)\n"
     )
     assert "Names: " in result.stdout and " create_app, " in result.stdout and " divide, " in result.stdout
     assert "DevelopmentConfig" in result.stdout

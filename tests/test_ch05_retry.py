@@ -8,7 +8,6 @@ import importlib
 import os
 import shutil
 import signal
-import uuid
 
 import httpx2
 import pytest
@@ -17,29 +16,21 @@ import requests
 from fastapi.testclient import TestClient
 from playwright.sync_api import expect
 
-from conftest import (
-    Process,
-    assert_redis_away_holds_nothing_back,
-    assert_redis_down_then_back,
+from helpers import (
+    address,
     bodies_over_64_kib_are_refused,
-    free_port,
     import_chapter,
     no_request_gets_a_server_error,
     readme_has_current_diff,
     statuses_until_done,
-    wait_for,
+    unavailable,
 )
+from limits import longest_hold
+from outage import Stack
+from processes import Process, free_port, wait_for
+from scenarios import assert_redis_away_holds_nothing_back, assert_redis_down_then_back
 
 CHAPTER = "ch05_retry"
-
-
-def address(kind=""):
-    """A new address each time, since the stand-in counts the calls of each: ann-1a2b3c+fail2@example.com."""
-    return f"ann-{uuid.uuid4().hex[:6]}{kind}@example.com"
-
-
-def unavailable(chapter_env):
-    return f"HTTPError: 503 Server Error: Service Unavailable for url: {chapter_env['THIRD_PARTY_URL']}/subscribe"
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +50,11 @@ def test_calling_the_service_inside_a_request_takes_its_time_and_its_failure(mai
 
 def test_readme_shows_the_current_diff(chapter):
     assert readme_has_current_diff(chapter)
+
+
+def test_the_api_names_its_chapter(main):
+    info = TestClient(main.app).get("/openapi.json").json()["info"]
+    assert info == {"title": "Chapter 5: retries", "version": "ch05_retry"}
 
 
 def test_the_stand_in_fails_on_demand(third_party, chapter_env):
@@ -164,17 +160,25 @@ def test_bad_input_is_refused_with_fastapis_message(client):
 def test_the_page_shows_each_state_as_it_comes(page, web, worker, third_party):
     requested = []
     page.on("request", lambda request: requested.append(request.url))
+    page.set_viewport_size({"width": 390, "height": 800})
     page.goto(f"{web}/form")
-    expect(page.locator("input[name=email]")).to_have_value("ann+fail2@example.com")
+    expect(page.locator("input[name=email]")).to_have_value("eve+fail2@example.com")
     page.evaluate("window.notReloaded = true")
     states = page.locator("#states")
 
     page.fill("input[name=email]", address("+fail1"))
+    requested.clear()
     page.click("button")
     expect(states).to_contain_text("RETRY 1: HTTPError: 503 Server Error: Service Unavailable", timeout=15_000)
     expect(states).to_contain_text('SUCCESS (retries: 1): {"subscribed":', timeout=15_000)
+    expect(page.locator("#task")).to_contain_text("task ")
+    # each state with its time since the POST; the task id is no state
+    assert [text.split(" s")[0].startswith("+") for text in states.locator("li").all_text_contents()] == [True] * 3
     first_task = next(url for url in requested if "/tasks/" in url)
     polls = requested.count(first_task)
+    assert page.text_content("#requests") == str(len(requested)) == str(1 + polls)
+    # at 390 px nothing is wider than the screen
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
 
     page.fill("input[name=email]", address("+down"))
     page.click("button")
@@ -183,8 +187,41 @@ def test_the_page_shows_each_state_as_it_comes(page, web, worker, third_party):
 
     page.fill("input[name=email]", "not-an-address")
     page.click("button")
-    expect(states).to_have_text("422: value is not a valid email address: An email address must have an @-sign.")
+    expect(states).to_contain_text("422: value is not a valid email address: An email address must have an @-sign.")
     assert page.evaluate("window.notReloaded")
+
+
+def test_the_page_tells_of_an_outage_and_picks_up_after_it(page, chapter, chapter_env, restartable_redis):
+    stack = Stack(chapter, chapter_env, restartable_redis.url)
+    states, notice, task = page.locator("#states"), page.locator("#notice"), page.locator("#task")
+    try:
+        page.goto(f"{stack.url}/form")
+        page.fill("input[name=email]", address("+fail1"))
+        page.click("button")
+        expect(task).to_contain_text("task ")
+        restartable_redis.stop()
+        expect(notice).to_contain_text("503: Redis is unreachable", timeout=10_000)
+        expect(notice).to_contain_text("Asking again in 2 s (failed requests: 1).")
+        restartable_redis.start()
+        expect(states).to_contain_text("SUCCESS (retries: 1)", timeout=30_000)
+        expect(notice).to_contain_text("The API answers again, after ")
+
+        page.fill("input[name=email]", address("+fail1"))
+        page.click("button")
+        expect(task).to_contain_text("task ")
+        stack.web.stop()
+        expect(notice).to_contain_text("no answer from the server. Asking again in", timeout=10_000)
+        stack.start_web()
+        expect(states).to_contain_text("SUCCESS (retries: 1)", timeout=30_000)
+        expect(notice).to_contain_text("The API answers again, after ")
+    finally:
+        stack.stop()
+
+
+def test_no_task_outlives_the_visibility_timeout(chapter, chapter_env):
+    run, countdown, visibility_timeout = longest_hold(chapter, chapter_env)
+    assert (run, countdown, visibility_timeout) == (35, 20, 60)
+    assert run + countdown < visibility_timeout
 
 
 def test_a_task_whose_process_is_killed_runs_again(main, worker, third_party):
@@ -205,9 +242,9 @@ def test_a_pending_retry_survives_a_reload_and_a_restart(stack, repository_copy)
     env = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "THIRD_PARTY_DELAY": "0.2"}  # the guide's countdown: 5 s
     ch05 = stack("5", root=repository_copy, **env)
     ch05.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
-    assert f"    page     {ch05.web}/form\n" in ch05.process.output
+    assert f"    page         {ch05.web}/form\n" in ch05.process.output
     assert (
-        f"    3rd      http://127.0.0.1:{ch05.ports['THIRD_PARTY_PORT']}   (the email service's stand-in"
+        f"    third_party  http://127.0.0.1:{ch05.ports['THIRD_PARTY_PORT']}/   the email service's stand-in"
         in ch05.process.output
     )
 
@@ -221,11 +258,11 @@ def test_a_pending_retry_survives_a_reload_and_a_restart(stack, repository_copy)
 
     reloaded = subscribe_and_wait_for_the_retry()
     os.utime(repository_copy / CHAPTER / "tasks.py")  # what saving the file does
-    ch05.process.wait_for_output("1 change detected", timeout=10)
+    ch05.process.wait_for_output("run_all.sh: tasks.py changed: restarting worker", timeout=10)
     wait_for(lambda: state(reloaded, ch05.web) == "SUCCESS", 30, "the retry, run by the reloaded worker")
     output = ch05.process.output
     assert (
-        output.index("1 change detected")
+        output.index("run_all.sh: tasks.py changed: restarting worker")
         < output.rindex(" ready.")
         < output.index(f"Task tasks.subscribe[{reloaded}] succeeded")
     )

@@ -7,6 +7,8 @@ in 0.1 s here, so that a hundred tasks take seconds.
 
 import asyncio
 import json
+import resource
+import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,21 +16,22 @@ import httpx2
 import pytest
 import redis
 import websockets
+from fastapi.testclient import TestClient
 from playwright.sync_api import expect
 from websockets.sync.client import connect
 
-from conftest import (
-    CLEAN_ENV,
+from helpers import (
     ROOT,
-    Process,
-    assert_redis_away_holds_nothing_back,
-    assert_redis_down_then_back,
-    find_redis_server,
-    free_port,
+    address,
+    import_chapter,
     no_request_gets_a_server_error,
     readme_has_current_diff,
-    wait_for,
+    unavailable,
 )
+from limits import longest_hold
+from outage import Stack
+from processes import Process, free_port, wait_for
+from scenarios import assert_redis_away_holds_nothing_back, assert_redis_down_then_back
 
 CHAPTER = "ch06_websocket"
 
@@ -36,10 +39,6 @@ CHAPTER = "ch06_websocket"
 @pytest.fixture(scope="module")
 def chapter_env(chapter_env):
     return chapter_env | {"THIRD_PARTY_DELAY": "0.1"}
-
-
-def address(kind=""):
-    return f"ann-{uuid.uuid4().hex[:6]}{kind}@example.com"
 
 
 def start(web, path, body):
@@ -72,12 +71,13 @@ def run_async(coroutine):
         return pool.submit(asyncio.run, coroutine).result()
 
 
-def unavailable(chapter_env):
-    return f"HTTPError: 503 Server Error: Service Unavailable for url: {chapter_env['THIRD_PARTY_URL']}/subscribe"
-
-
 def test_readme_shows_the_current_diff(chapter):
     assert readme_has_current_diff(chapter)
+
+
+def test_the_api_names_its_chapter(main):
+    info = TestClient(main.app).get("/openapi.json").json()["info"]
+    assert info == {"title": "Chapter 6: WebSockets", "version": "ch06_websocket"}
 
 
 def test_a_client_gets_success_then_the_server_closes(web, worker, third_party):
@@ -157,10 +157,9 @@ def test_a_list_import_reports_its_progress(main, web, worker, third_party, chap
 
 
 def test_get_shows_the_same_json_started_included(web, worker, third_party):
-    task_id = start(web, "/import", {"emails": [address() for _ in range(10)]})  # ten calls: a second or so
-    assert wait_for(
-        lambda: httpx2.get(f"{web}/tasks/{task_id}").json()["state"] in ("STARTED", "PROGRESS"), 15, "STARTED"
-    )
+    # two failures, each a second's countdown: STARTED is seen between them
+    task_id = start(web, "/subscribe", {"email": address("+fail2")})
+    assert wait_for(lambda: httpx2.get(f"{web}/tasks/{task_id}").json()["state"] == "STARTED", 15, "STARTED")
     received, _ = messages(web, task_id)
     assert httpx2.get(f"{web}/tasks/{task_id}").json() == received[-1]
 
@@ -176,7 +175,7 @@ def test_a_hundred_clients_on_a_hundred_tasks_get_their_own_final_message(web, w
     async def everyone():
         return await asyncio.wait_for(asyncio.gather(*(listen(task_id) for task_id in task_ids)), 90)
 
-    for task_id, email, (received, code) in zip(task_ids, emails, run_async(everyone())):
+    for task_id, email, (received, code) in zip(task_ids, emails, run_async(everyone()), strict=True):
         assert {message["task_id"] for message in received} == {task_id}
         assert [message["state"] for message in received].count("SUCCESS") == 1
         assert (received[-1]["result"], code) == ({"subscribed": email}, 1000)
@@ -251,57 +250,198 @@ def test_bad_input_is_refused_with_fastapis_message(web):
 def test_the_page_listens_and_makes_no_request_after_the_post(page, web, worker, third_party):
     requested = []
     page.on("request", lambda request: requested.append(f"{request.method} {request.url}"))
+    page.set_viewport_size({"width": 390, "height": 800})
     page.goto(f"{web}/form_ws")
-    states, bar = page.locator("#states"), page.locator("#progress")
+    states, bar, notice = page.locator("#states"), page.locator("#progress"), page.locator("#notice")
 
-    page.fill("textarea", "\n".join(address() for _ in range(10)))
+    emails = [address() for _ in range(9)] + [address("+down")]
+    page.fill("textarea", "\n".join(emails))
     requested.clear()
     page.click("#list button")
     expect(states).to_contain_text("PROGRESS", timeout=15_000)
     expect(bar).to_be_visible()
-    expect(states).to_contain_text('SUCCESS (retries: 0): {"subscribed":10,"failed":[]}', timeout=15_000)
-    expect(states).to_contain_text("socket closed (1000)")
+    # a list with a failure is a success in part, not shown as a plain SUCCESS
+    expect(states.locator("li.partial")).to_contain_text(
+        f"SUCCESS, in part: 9 subscribed, 1 failed: {emails[-1]}: 503 Server Error", timeout=15_000
+    )
+    expect(page.locator("#done")).to_have_text("10 of 10")
+    expect(notice).to_have_text("Final state received; the server closed the socket (1000).")
     assert bar.evaluate("bar => [bar.value, bar.max]") == [10, 10]
     assert requested == [f"POST {web}/import"]
+    assert (page.text_content("#requests"), page.text_content("#sockets")) == ("1", "1")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    # the task id and the socket's close are not states; each state has its time since the POST
+    assert all(text.startswith("+") and "task " not in text for text in states.locator("li").all_text_contents())
 
     page.fill("input[name=email]", address("+fail2"))
     page.click("#one button")
-    for text in (
-        "STARTED",
-        "RETRY 1: HTTPError: 503",
-        "RETRY 2: HTTPError: 503",
-        "SUCCESS (retries: 2)",
-        "socket closed (1000)",
-    ):
+    for text in ("STARTED", "RETRY 1: HTTPError: 503", "RETRY 2: HTTPError: 503", "SUCCESS (retries: 2)"):
         expect(states).to_contain_text(text, timeout=15_000)
+    expect(notice).to_contain_text("(1000)")
     assert requested == [f"POST {web}/import", f"POST {web}/subscribe"]
 
 
+def test_the_page_reconnects_after_redis_comes_back(page, chapter, chapter_env, restartable_redis):
+    stack = Stack(chapter, chapter_env | {"THIRD_PARTY_DELAY": "1"}, restartable_redis.url)
+    states, notice = page.locator("#states"), page.locator("#notice")
+    try:
+        page.goto(f"{stack.url}/form_ws")
+        page.fill("input[name=email]", address("+fail1"))
+        page.click("#one button")
+        expect(states).to_contain_text("STARTED", timeout=10_000)
+        restartable_redis.stop()
+        expect(notice).to_contain_text("Socket closed (1011: Redis is unreachable", timeout=10_000)
+        expect(notice).to_contain_text("the server lost Redis. Connecting again in")
+        restartable_redis.start()
+        expect(states).to_contain_text("SUCCESS (retries: 1)", timeout=30_000)
+        expect(notice).to_contain_text("(1000)")
+        shown = [text.split(" s", 1)[1].strip() for text in states.locator("li").all_text_contents()]
+        # no state shown twice in a row across the sockets
+        assert all(one != two for one, two in zip(shown, shown[1:], strict=False)), shown
+        assert int(page.text_content("#sockets")) >= 2 and page.text_content("#requests") == "1"
+    finally:
+        stack.stop()
+
+
 def test_chapter_5s_page_and_api_still_work(web, worker, third_party):
-    assert "setTimeout(resolve, 1000)" in httpx2.get(f"{web}/form").text  # the polling page, to compare
+    assert "One GET a second" in httpx2.get(f"{web}/form").text  # the polling page, to compare
     task_id = start(web, "/divide", {"x": 1, "y": 4})
     assert messages(web, task_id, timeout=15)[0][-1]["result"] == 0.25
 
 
-def test_without_redis_the_socket_closes_saying_so(start):
-    port, web_port = free_port(), free_port()
-    server = Process([find_redis_server(), "--port", str(port), "--save", "", "--appendonly", "no"], ROOT, CLEAN_ENV)
-    url = f"redis://127.0.0.1:{port}/0"
-    start("uvicorn", "main:app", "--port", str(web_port), env={"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url})
-    wait_for(lambda: httpx2.get(f"http://127.0.0.1:{web_port}/").status_code == 200, 30, "the web app")
-    unreachable = (1011, f"Redis is unreachable: Error 111 connecting to 127.0.0.1:{port}. Connection refused.")
+def start_web(chapter_env, redis_url, open_files=None):
+    """The reader's `uvicorn main:app` on Redis at redis_url, under `ulimit -n open_files` if given; its URL."""
+    port = free_port()
+    env = chapter_env | {"CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url}
+    limit = open_files and (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files)))
+    process = Process(["uvicorn", "main:app", "--port", str(port)], ROOT / CHAPTER, env, preexec_fn=limit)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: httpx2.get(f"{url}/").status_code == 200, 30, "the web app")
+    return url, process
 
-    with pytest.raises(websockets.ConnectionClosedError) as closed:
-        with connect(f"ws://127.0.0.1:{web_port}/ws/task_status/any") as socket:
-            assert json.loads(socket.recv(10))["state"] == "PENDING"
-            server.stop()  # Redis goes away while the socket is open
-            socket.recv(10)
-    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == unreachable
 
-    with pytest.raises(websockets.ConnectionClosedError) as closed:  # and a socket opened meanwhile
-        with connect(f"ws://127.0.0.1:{web_port}/ws/task_status/any") as socket:
+def closed_with(url):
+    """The close code and reason of a socket that the server closes before any message."""
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        with connect(url, open_timeout=10) as socket:
             socket.recv(10)
-    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == unreachable
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
+def pushed(url, server, task_id):
+    """The message a socket gets when the worker's backend stores SUCCESS for task_id meanwhile."""
+    key = f"celery-task-meta-{task_id}"
+    meta = json.dumps({"status": "SUCCESS", "result": 1, "task_id": task_id, "retries": 0})
+    with connect(socket_url(url, task_id), open_timeout=10) as socket:
+        first = json.loads(socket.recv(10))
+        server.set(key, meta)
+        server.publish(key, meta)
+        return [first, *until_closed(socket, 10)]
+
+
+def test_redis_away_closes_the_sockets_saying_so_and_back_they_work(chapter_env, restartable_redis):
+    web, process = start_web(chapter_env, restartable_redis.url)
+    server = redis.Redis.from_url(restartable_redis.url)
+    try:
+        assert [m["state"] for m in pushed(web, server, str(uuid.uuid4()))] == ["PENDING", "SUCCESS"]
+        with pytest.raises(websockets.ConnectionClosedError) as closed:
+            with connect(socket_url(web, "any")) as socket:
+                assert json.loads(socket.recv(10))["state"] == "PENDING"
+                restartable_redis.stop()  # Redis goes away while the socket is open
+                socket.recv(10)
+        unreachable = (
+            1011,
+            f"Redis is unreachable: Error 111 connecting to 127.0.0.1:{restartable_redis.port}. Connection refused.",
+        )
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == unreachable
+        # and a socket opened meanwhile
+        assert closed_with(socket_url(web, "any")) == unreachable
+        restartable_redis.start()
+        # the shared subscriber connects again by itself, within its back-off of at most 5 s
+        wait_for(
+            lambda: pushed(web, server, str(uuid.uuid4()))[-1]["state"] == "SUCCESS", 15, "a push after Redis came back"
+        )
+        assert "Exception in ASGI application" not in process.output
+    finally:
+        process.stop()
+
+
+def test_past_what_the_process_can_hold_new_sockets_are_refused_and_the_api_answers(chapter_env, redis_url):
+    # ulimit -n 300: the app keeps 100 descriptors for itself, so it holds 200 sockets
+    web, process = start_web(chapter_env, redis_url, open_files=300)
+    server = redis.Redis.from_url(redis_url)
+    before = len(server.client_list())
+
+    async def hold():
+        sockets = [await websockets.connect(socket_url(web, str(uuid.uuid4()))) for _ in range(200)]
+        firsts = [json.loads(await socket.recv()) for socket in sockets]
+        refused = await websockets.connect(socket_url(web, "one-more"))
+        try:
+            await refused.recv()
+        except websockets.ConnectionClosed:
+            pass
+        answer = await asyncio.to_thread(httpx2.get, f"{web}/")
+        connections = len(server.client_list()) - before
+        for held in sockets:
+            await held.close()
+        return {m["state"] for m in firsts}, (refused.close_code, refused.close_reason), answer.status_code, connections
+
+    try:
+        states, refused, answer, connections = run_async(hold())
+        assert states == {"PENDING"}
+        assert refused == (1013, "this server holds 200 sockets: try later")
+        assert answer == 200
+        assert connections <= 3  # one subscriber, and the few that read the stored states
+        assert "Too many open files" not in process.output
+    finally:
+        process.stop()
+
+
+def test_a_client_too_far_behind_is_closed_and_the_others_are_not_delayed(web, redis_url):
+    server = redis.Redis.from_url(redis_url)
+    task_id = str(uuid.uuid4())
+    key = f"celery-task-meta-{task_id}"
+    big = json.dumps({"status": "PROGRESS", "result": {"padding": "x" * 50_000}, "task_id": task_id})
+    # A client that opens the socket by hand and then reads nothing: what the server sends piles up
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect(("127.0.0.1", int(web.rsplit(":", 1)[1])))
+    stuck.sendall(
+        f"GET /ws/task_status/{task_id} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    with stuck, connect(socket_url(web, task_id)) as other:
+        assert json.loads(other.recv(10))["state"] == "PENDING"
+        for n in range(400):
+            server.publish(key, big.replace('"padding"', f'"n": {n}, "padding"'))
+        assert all(json.loads(other.recv(10))["result"]["n"] == n for n in range(400))
+        stuck.settimeout(15)
+        received = b"".join(iter(lambda: stuck.recv(2**20), b""))
+    reason = b"too far behind: 100 states unsent"
+    assert received.endswith(b"\x88" + bytes([2 + len(reason)]) + (4000).to_bytes(2, "big") + reason)
+
+
+def test_no_task_outlives_the_visibility_timeout(chapter, chapter_env):
+    run, countdown, visibility_timeout = longest_hold(chapter, chapter_env)
+    assert (run, countdown, visibility_timeout) == (35, 20, 60)
+    assert run + countdown < visibility_timeout
+
+
+def test_an_import_against_a_slow_service_is_received_once_and_calls_each_address_once(start, chapter_env):
+    service_url = f"http://127.0.0.1:{free_port()}"
+    env = {"THIRD_PARTY_URL": service_url, "THIRD_PARTY_DELAY": "7"}
+    service = start("uvicorn", "third_party:app", "--port", service_url.rsplit(":", 1)[1], env=env)
+    slow_worker = start(
+        "celery", "-A", "main.celery", "worker", "--loglevel=info", "-n", "slow@%h", "-Q", "slow", env=env
+    )
+    slow_worker.wait_for_output(" ready.", timeout=30)
+    emails = [address() for _ in range(10)]
+    with import_chapter(ROOT / CHAPTER, chapter_env | env) as main:
+        task = main.import_list.apply_async([emails], queue="slow")
+        assert task.get(timeout=30) == {"subscribed": 10, "failed": []}
+    assert slow_worker.output.count(f"Task tasks.import_list[{task.id}] received") == 1
+    assert sorted(line.split(",")[0] for line in service.output.splitlines() if ", call " in line) == sorted(emails)
+    assert all(f"{email}, call 1: 200 subscribed" in service.output for email in emails)
 
 
 def test_while_redis_is_away_a_retry_waits_and_no_task_is_held_back(chapter, chapter_env, restartable_redis):
@@ -321,5 +461,5 @@ def test_no_request_gets_a_server_error(api_schema):
 def test_run_all_runs_the_chapter(stack, redis_url):
     ch06 = stack("6", REDIS_URL=redis_url)
     ch06.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
-    assert f"    page     {ch06.web}/form\n    page     {ch06.web}/form_ws\n" in ch06.process.output
+    assert f"    page         {ch06.web}/form\n    page         {ch06.web}/form_ws\n" in ch06.process.output
     assert ch06.ctrl_c() == 130

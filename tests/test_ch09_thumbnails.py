@@ -11,7 +11,6 @@ import json
 import shlex
 import socket
 import subprocess
-import uuid
 from urllib.parse import urlsplit
 
 import httpx2
@@ -22,7 +21,8 @@ from playwright.sync_api import expect
 from schemathesis.config import SchemathesisConfig
 from websockets.sync.client import connect
 
-from conftest import bodies_over_64_kib_are_refused, no_request_gets_a_server_error, readme_has_current_diff, wait_for
+from helpers import address, bodies_over_64_kib_are_refused, no_request_gets_a_server_error, readme_has_current_diff
+from processes import free_port, wait_for
 
 CHAPTER = "ch09_thumbnails"
 MAX_UPLOAD = 10 * 1024 * 1024
@@ -100,7 +100,7 @@ def decompression_bomb():
 
 
 def new_user(web):
-    created = httpx2.post(f"{web}/users", json={"email": f"ann-{uuid.uuid4().hex[:8]}@example.com", "name": "Ann"})
+    created = httpx2.post(f"{web}/users", json={"email": address(), "name": "Ann"})
     assert created.status_code == 201, created.text
     return created.json()["id"]
 
@@ -303,7 +303,7 @@ def test_the_page_shows_the_states_then_the_thumbnail(page, web, workers, tmp_pa
     text.write_text("not an image")
     page.goto(f"{web}/form_avatar")
     states = page.locator("#states")
-    page.fill("input[name=email]", f"page-{uuid.uuid4().hex[:8]}@example.com")
+    page.fill("input[name=email]", address())
     page.click("#user button")
     expect(states).to_contain_text("created")
     page.set_input_files("input[type=file]", photo)
@@ -342,3 +342,28 @@ def test_no_request_gets_a_server_error(api_schema, migrated):
 def test_the_media_folder_is_git_ignored(chapter):
     ignored = subprocess.run(["git", "check-ignore", "-q", str(chapter / "media" / "uploads" / "x")], cwd=chapter)
     assert ignored.returncode == 0
+
+
+def test_run_all_starts_both_workers_named_after_their_queues(stack, tmp_path):
+    """The Procfile, run by ./run_all.sh with a Redis of its own: a worker for each queue, named after it."""
+    ch09 = stack(
+        "9",
+        REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        DATABASE_URL=f"sqlite:///{tmp_path}/app.db",
+        MEDIA_ROOT=str(tmp_path / "media"),
+    )
+    ch09.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=120)
+    host, port = socket.gethostname(), ch09.ports["WEB_PORT"]
+    for name in (f"celery-web{port}@{host}", f"images-web{port}@{host}", f"{ch09.web}/form_avatar"):
+        assert name in ch09.process.output, ch09.process.output
+
+    def queues():  # of each worker, as Flower shows them
+        workers = httpx2.get(f"{ch09.flower}/api/workers", timeout=5).json()
+        return {name: [queue["name"] for queue in worker.get("active_queues", [])] for name, worker in workers.items()}
+
+    expected = {f"celery-web{port}@{host}": ["celery"], f"images-web{port}@{host}": ["images"]}
+    wait_for(lambda: queues() == expected, 30, "Flower to list both workers")
+    status, user = thumbnail_of(ch09.web, image())
+    assert (status["state"], status["result"]["width"]) == ("SUCCESS", 128)
+    assert (tmp_path / "media" / user["thumbnail_url"].removeprefix("/media/")).is_file()
+    assert ch09.ctrl_c() == 130

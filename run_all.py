@@ -1,0 +1,678 @@
+"""What ./run_all.sh does, once .venv exists: run a chapter's whole stack in one terminal, the tests, the benchmarks,
+a shell in a chapter, or what a chapter changed. Standard library only (processes.py is shared with tests/ and bench/).
+
+A chapter's processes are the lines of its Procfile, the terminals its README tells a reader to open:
+
+    # the API; docs: /docs (needs internet), /openapi.json (works offline)
+    web: uvicorn main:app --reload
+    worker: celery -A main.celery worker --loglevel=info
+    flower: celery -A main.celery flower --port=5555
+
+Each line is `NAME: COMMAND` (NAME: letters, digits, _ and -), run inside the chapter folder; `honcho start` (or
+foreman) runs the same file as it is. A `#` line right above a process is its note in the banner; any other line
+is ignored. A COMMAND may be a shell command: in `STEPS && COMMAND` the steps run first, at every start (`web:
+alembic upgrade head && uvicorn main:app --reload`), and only COMMAND, after the last `&&`, is adapted; a COMMAND
+with other shell syntax ($, |, ;, quotes...) runs with sh -c as written, unadapted. Adapted by what COMMAND runs,
+never by chapter:
+
+- `uvicorn ...` listens on 127.0.0.1, at NAME_PORT (WEB_PORT, THIRD_PARTY_PORT) if set, else the line's `--port`,
+  else 8000; every process gets its address as NAME_URL (THIRD_PARTY_URL). `--reload` is the line's own.
+- `celery ... worker` gets `-n web8000@%h` (named after the web port; a line's own `-n images@%h` becomes
+  `images-web8000@%h`; with several worker lines, one with no `-n` is named after its NAME), `-E` (events, for
+  Flower) and `--without-mingle`; it runs WORKERS times (1 to 99, default 1; NAME-1, NAME-2...).
+- `celery ... flower` listens too (NAME_PORT, else the line's `--port`, else 5555), and starts once every worker
+  has said it is ready.
+- Every other `celery` line (workers, `celery ... beat`) is restarted when a .py file of the chapter changes,
+  warm: its running tasks finish first (up to 60 s).
+- Anything else runs as written.
+
+Redis: when a line runs celery, REDIS_URL (default redis://127.0.0.1:6379/0) is used if it answers; if it is a local
+address and nothing answers, a Redis is started there (processes.find_redis_server), its data kept in .redis/PORT.
+
+Supervision: a process that exits is named and started again, unless it exited three times in a row within 30 s of
+starting (then everything stops, saying so); a celery process that exits within 30 s of a restart for a change
+waits for the next change. Redis is started again 5 s after it exits, from its append-only file. Ctrl+C, SIGTERM
+and the terminal closing (SIGHUP) stop everything: the workers first, warm, then the others, Redis last. If the
+runner itself is killed (kill -9), a watchdog stops everything within 10 s. See "run_all.sh" in README.md.
+"""
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+import urllib.parse
+from pathlib import Path
+
+import processes
+from processes import ROOT
+
+WORKER_STOP_SECONDS = 60  # a warm shutdown lets running tasks finish; the longest task here takes seconds
+QUICK = 30  # a process that exits this soon after it started, three times in a row, stops the stack
+REDIS_RESTART_SECONDS = 5  # long enough to watch the worker wait for Redis
+SHELL_SYNTAX = re.compile(r"[$`|;<>()*?~\"'\\]|&(?!&)")
+
+USAGE = """\
+Usage: ./run_all.sh CHAPTER          run the chapter's Procfile: Redis, worker and web app (reloaded on change), Flower
+       ./run_all.sh test [ARGS]      run the test suite (ARGS go to pytest)
+       ./run_all.sh shell CHAPTER    a Python shell inside the chapter, its main module imported
+       ./run_all.sh diff CHAPTER     what the chapter changed since the chapter before (its .py and .html files)
+       ./run_all.sh bench [NAME]     run the benchmarks, or the one named (enqueue, responsive, push, startup,
+                                     thumbnails); --short: a quick pass of each
+
+CHAPTER is a folder name, or just its number: ch03_divide, ch03 and 3 are the same.
+"""
+
+NO_REDIS = """no redis-server found, and no embedded one could be installed for this platform. Get Redis with
+  sudo apt install redis-server      (Debian, Ubuntu)
+  brew install redis                 (macOS)
+  docker run -d -p 6379:6379 redis   (anywhere Docker runs)
+then run this command again."""
+
+
+class Stop(Exception):
+    """The runner stops: the message, if any, is printed, and the process exits with `code`."""
+
+    def __init__(self, message="", code=1):
+        super().__init__(message)
+        self.code = code
+
+
+# --- output: never a shell error, and the stop messages reach the terminal even once a pipe (| tee) is gone ---
+
+OUT = {1: 1, 2: 2}  # where what is meant for stdout, stderr goes: the same, the terminal, or None (nowhere)
+
+
+def say(text, fd=1):
+    """Write to stdout (or stderr); once that fails (a pipe whose reader has gone, a terminal closed), to the
+    terminal, if there is one."""
+    data = text.encode(errors="replace")
+    while data and OUT[fd] is not None:
+        try:
+            data = data[os.write(OUT[fd], data) :]
+        except OSError:
+            OUT[fd] = terminal() if OUT[fd] == fd else None
+
+
+def terminal():
+    try:
+        return os.open("/dev/tty", os.O_WRONLY | os.O_NOCTTY)
+    except OSError:
+        return None
+
+
+def note(message, fd=1):
+    say(f"run_all.sh: {message}\n", fd)
+
+
+# --- chapters -------------------------------------------------------------------------------------------------
+
+
+def chapters():
+    return sorted(path.name for path in ROOT.glob("ch[0-9][0-9]_*") if path.is_dir())
+
+
+def resolve(name):
+    want = f"ch{int(name):02d}" if name.isdigit() else name
+    for chapter in chapters():
+        if chapter == want or chapter.startswith(f"{want}_"):
+            return chapter
+    listed = " ".join(chapters())
+    if want == "ch02":
+        raise Stop(
+            "there is no ch02: the guide's chapter 2 only sets up Python, a virtual environment and Redis;"
+            f" the chapters are: {listed}"
+        )
+    raise Stop(f"no chapter '{name}'; the chapters are: {listed}")
+
+
+def usage():
+    say(USAGE)
+    for chapter in chapters():
+        title = (ROOT / chapter / "README.md").read_text().splitlines()[0].lstrip("# ")
+        say(f"  {chapter:<15} {title}\n")
+
+
+def show_diff(chapter):
+    names = chapters()
+    if names.index(chapter) == 0:
+        raise Stop(f"{chapter} is the first chapter; there is nothing before it to compare with")
+    previous = names[names.index(chapter) - 1]
+    files = sorted(
+        {p.name for folder in (previous, chapter) for ext in ("py", "html") for p in (ROOT / folder).glob(f"*.{ext}")}
+    )
+    for name in files:
+        old, new = f"{previous}/{name}", f"{chapter}/{name}"
+        labels = [label if (ROOT / label).exists() else "/dev/null" for label in (old, new)]
+        diff = subprocess.run(
+            ["diff", "-uN", "--label", labels[0], "--label", labels[1], old, new],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        say(diff.stdout)
+
+
+def carried(*names):
+    """NAME=value for each of these variables the reader set, to repeat in a hint."""
+    return "".join(f"{name}={shlex.quote(os.environ[name])} " for name in names if os.environ.get(name))
+
+
+def redis_settings():
+    """REDIS_URL, CELERY_BROKER_URL and CELERY_RESULT_BACKEND as a chapter's processes get them."""
+    url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    return {
+        "REDIS_URL": url,
+        "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL") or url,
+        "CELERY_RESULT_BACKEND": url,
+    }
+
+
+def run_shell(chapter):
+    settings = redis_settings()
+    if "celery" in (ROOT / chapter / "Procfile").read_text().split():
+        settings["CELERY_RESULT_BACKEND"] = os.environ.get("CELERY_RESULT_BACKEND") or settings["REDIS_URL"]
+        os.environ.update(settings)
+        broker = settings["CELERY_BROKER_URL"]
+        if broker.startswith("redis") and not processes.redis_answers(broker):
+            say(
+                f"Note: no Redis answers at {broker}: sending a task raises RuntimeError: Retry limit exceeded.\n"
+                f"Start one first: {carried('REDIS_URL')}./run_all.sh {chapter} in another terminal.\n"
+            )
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.chdir(ROOT / chapter)
+    code = (
+        "from main import *\n"
+        f"print('Python', __import__('sys').version.split()[0], 'in {chapter}, after: from main import *')\n"
+        "print('Names:', ', '.join(name for name in sorted(globals()) if not name.startswith('_')))"
+    )
+    os.execv(sys.executable, [sys.executable, "-i", "-c", code])
+
+
+def run_tests(args):
+    if not processes.find_redis_server(install=True):
+        raise Stop(NO_REDIS)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.chdir(ROOT)
+    os.execv(sys.executable, [sys.executable, "-m", "pytest", *args])
+
+
+def run_bench(args):
+    every = ["enqueue", "responsive", "push", "startup", "thumbnails"]
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    for name in [a for a in args if a != "--short"] or every:
+        if not (ROOT / "bench" / f"{name}.py").exists():
+            raise Stop(f"no benchmark '{name}'; the benchmarks are: {' '.join(every)}")
+        say(f"== bench/{name}.py\n")
+        if subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py"), *args]).returncode:
+            raise Stop(f"bench/{name}.py failed")
+
+
+# --- the Procfile -----------------------------------------------------------------------------------------------
+
+
+class Line:
+    """One process of a Procfile, adapted to run under the runner."""
+
+    def __init__(self, name, command, note):
+        self.name, self.command, self.note = name, command, note
+        steps, _, last = command.rpartition("&&")
+        self.steps = steps.strip()
+        self.shell = bool(SHELL_SYNTAX.search(last))
+        self.argv = [] if self.shell else shlex.split(last)
+        words = self.argv
+        self.worker = words[:1] == ["celery"] and "worker" in words
+        self.monitor = words[:1] == ["celery"] and "flower" in words
+        self.uses_celery = "celery" in command.split()
+        self.reloaded = self.uses_celery and not self.monitor
+        self.port = None
+        if words[:1] == ["uvicorn"] or self.monitor:
+            self.port = int(option(words, "--port") or (5555 if self.monitor else 8000))
+
+    @property
+    def port_variable(self):
+        return f"{self.name.upper().replace('-', '_')}_PORT"
+
+    def args(self, port=None, node=None):
+        """The command to run: argv, or sh -c for a line with shell syntax or steps."""
+        words = list(self.argv)
+        if self.port is not None and words[:1] == ["uvicorn"]:
+            words = without(words, "--host", "--port") + ["--host", "127.0.0.1", "--port", str(port)]
+        elif self.monitor:
+            words = without(words, "--address", "--port") + ["--address=127.0.0.1", f"--port={port}"]
+        elif self.worker:
+            words = without(words, "-n", "--hostname") + ["-n", node]
+            words += [] if {"-E", "--task-events"} & set(words) else ["-E"]
+            words += [] if "--without-mingle" in words else ["--without-mingle"]
+        if self.shell:
+            return ["sh", "-c", self.command]
+        if self.steps:
+            return ["sh", "-c", f"{self.steps} && exec {shlex.join(words)}"]
+        return words
+
+
+def option(words, name):
+    for i, word in enumerate(words):
+        if word == name and i + 1 < len(words):
+            return words[i + 1]
+        if word.startswith(f"{name}="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def without(words, *names):
+    kept, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in names:
+            skip = True
+        elif not word.startswith(tuple(f"{name}=" for name in names)):
+            kept.append(word)
+    return kept
+
+
+def read_procfile(chapter):
+    lines, comment = [], None
+    for text in (ROOT / chapter / "Procfile").read_text().splitlines():
+        if text.startswith("#"):
+            comment = text.lstrip("# ").strip()
+        elif match := re.match(r"^([A-Za-z0-9_-]+):\s*(.+)$", text):
+            lines.append(Line(match[1], match[2].strip(), comment))
+            comment = None
+        else:
+            comment = None
+    return lines
+
+
+# --- the stack ----------------------------------------------------------------------------------------------------
+
+
+class Supervised:
+    """A process of the stack: started again when it exits, within bounds."""
+
+    def __init__(self, stack, name, args, kind, cwd):
+        self.stack, self.name, self.args, self.kind, self.cwd = stack, name, args, kind, cwd
+        self.process, self.quick_exits, self.restart_at = None, 0, None
+        self.reloading = self.after_change = self.waiting_change = False
+        self.ready_seen = False
+
+    def start(self):
+        prefix = f"{self.name:<{self.stack.width}} | "
+        self.ready_seen, self.started = False, time.monotonic()
+
+        def on_line(line):
+            if " ready." in line:
+                self.ready_seen = True
+            say(prefix + line)
+
+        self.process = processes.Process(self.args, self.cwd, self.stack.env, on_line=on_line, keep=False)
+        self.stack.watchdog_add(self.kind, self.process.pid)
+        self.restart_at = None
+
+    def running(self):
+        return self.process is not None and self.process.running()
+
+    def status(self):
+        code = self.process.proc.returncode
+        return f"signal {-code}" if code < 0 else f"status {code}"
+
+
+class Stack:
+    def __init__(self, chapter):
+        self.chapter, self.folder = chapter, ROOT / chapter
+        self.lines = read_procfile(chapter)
+        self.env = dict(os.environ)
+        self.env.update(
+            PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1"
+        )
+        self.procs, self.redis, self.redis_note = [], None, ""
+        self.requested = None  # the signal that asks the stack to stop
+        self.force = False
+        self.watchdog = None
+        count = os.environ.get("WORKERS") or "1"
+        if not re.fullmatch(r"[1-9][0-9]?", count):
+            raise Stop(f"WORKERS={count}: give a number of workers from 1 to 99")
+        self.workers = int(count)
+        names = [line.name for line in self.lines]
+        if self.workers > 1:
+            names += [f"{line.name}-{self.workers}" for line in self.lines if line.worker]
+        self.width = max([6, *map(len, names)])
+
+    # Signals only note what was asked; the main loop does the stopping.
+    def on_signal(self, signum, frame):
+        if signum == signal.SIGINT and self.requested == signal.SIGINT:
+            if not self.force:
+                self.force = True
+                say(" run_all.sh: stopping at once\n")
+            return
+        if self.requested is None:
+            self.requested = signum
+
+    def check_stop(self):
+        if self.requested is not None:
+            raise Stop("", 128 + self.requested)
+
+    def sleep(self, seconds):
+        self.check_stop()
+        time.sleep(seconds)
+        self.check_stop()
+
+    def watchdog_add(self, kind, pid):
+        try:
+            self.watchdog.stdin.write(f"{kind} {pid}\n")
+            self.watchdog.stdin.flush()
+        except (OSError, AttributeError):
+            pass
+
+    def claim_ports(self):
+        self.ports = {}
+        variables = [line.port_variable for line in self.lines if line.port is not None]
+        for line in self.lines:
+            if line.port is None:
+                continue
+            var = line.port_variable
+            port = int(os.environ.get(var) or line.port)
+            if not processes.port_free(port):
+                kept = carried("REDIS_URL", *(v for v in variables if v != var))
+                raise Stop(
+                    f"port {port} is in use; free it or choose another:"
+                    f" {kept}{var}={port + 1} ./run_all.sh {self.chapter}"
+                )
+            self.ports[line.name] = port
+            if line.argv[:1] == ["uvicorn"]:
+                self.env[f"{line.name.upper().replace('-', '_')}_URL"] = f"http://127.0.0.1:{port}"
+
+    def start_redis(self):
+        settings = redis_settings()
+        self.env.update(settings, FLOWER_UNAUTHENTICATED_API="true")
+        url, broker = settings["REDIS_URL"], settings["CELERY_BROKER_URL"]
+        if broker != url:
+            split = urllib.parse.urlsplit(broker)
+            try:
+                socket.create_connection((split.hostname, split.port or 5672), timeout=3).close()
+            except (OSError, TypeError):
+                raise Stop(
+                    f"no broker answers at CELERY_BROKER_URL={broker};"
+                    " start it, or unset CELERY_BROKER_URL to use Redis"
+                ) from None
+        if processes.redis_answers(url):
+            self.redis_note = "(already running)"
+            return
+        address = processes.local_address(url)
+        if not address:
+            raise Stop(f"nothing answers at {url}; start that Redis, or unset REDIS_URL to have one started here")
+        server = processes.find_redis_server(install=True)
+        if not server:
+            raise Stop(NO_REDIS)
+        port = address[1]
+        data = ROOT / ".redis" / str(port)
+        data.mkdir(parents=True, exist_ok=True)  # its append-only file outlives a restart: no queued task is lost
+        self.redis = Supervised(self, "redis", processes.redis_args(server, port, data), "redis", ROOT)
+        self.redis.start()
+        self.redis_note = f"(started by run_all.sh, stopped on exit; its data is kept in .redis/{port})"
+        self.wait_ready([self.redis], 15, lambda p: processes.redis_answers(url))
+
+    def wait_ready(self, procs, seconds, ready):
+        waiting, deadline = list(procs), time.monotonic() + seconds
+        while waiting:
+            for proc in list(waiting):
+                if ready(proc):
+                    waiting.remove(proc)
+            for proc in self.all():
+                if proc.process and not proc.running():
+                    raise Stop(f"{proc.name} exited during start-up ({proc.status()}); its output is above")
+            if waiting and time.monotonic() > deadline:
+                raise Stop(
+                    f"no answer from {', '.join(p.name for p in waiting)} after {seconds} s; the output is above"
+                )
+            self.sleep(0.2)
+
+    def all(self):
+        return [p for p in [self.redis, *self.procs] if p]
+
+    def start(self):
+        self.claim_ports()
+        if any(line.uses_celery for line in self.lines):
+            self.start_redis()
+        web_port = self.ports.get("web") or next(iter(self.ports.values()), os.getpid())
+        for line in self.lines:
+            count = self.workers if line.worker else 1
+            for n in range(1, count + 1):
+                name = line.name if count == 1 else f"{line.name}-{n}"
+                node = None
+                if line.worker:
+                    given = (option(line.argv, "-n") or option(line.argv, "--hostname") or "").split("@")[0]
+                    if not given and sum(other.worker for other in self.lines) > 1:
+                        given = line.name  # two worker lines with no name of their own are told apart by theirs
+                    node = f"{given + '-' if given else ''}web{web_port}{'' if count == 1 else f'-{n}'}@%h"
+                proc = Supervised(
+                    self,
+                    name,
+                    line.args(self.ports.get(line.name), node),
+                    "worker" if line.worker else "other",
+                    self.folder,
+                )
+                proc.line, proc.node = line, node
+                self.procs.append(proc)
+        first = [p for p in self.procs if not p.line.monitor]
+        for proc in first:
+            proc.start()
+        self.wait_ready([p for p in first if p.line.worker], 90, lambda p: p.ready_seen)
+        monitors = [p for p in self.procs if p.line.monitor]
+        for proc in monitors:  # Flower once the workers answer: it then knows their tasks
+            proc.start()
+        self.wait_ready(
+            [p for p in self.procs if p.line.port],
+            90,
+            lambda p: processes.http_answers(f"http://127.0.0.1:{self.ports[p.line.name]}/"),
+        )
+
+    def banner(self):
+        lines = [f"\n  {self.chapter} is running:"]
+        for proc in self.procs:
+            line = proc.line
+            where = (
+                f"http://127.0.0.1:{self.ports[line.name]}/"
+                if line.port
+                else (proc.node.replace("%h", socket.gethostname()) if proc.node else "")
+            )
+            lines.append(f"    {proc.name:<{self.width}}  {where}" + (f"   {line.note}" if line.note else ""))
+            if line.name == "web":
+                main = (self.folder / "main.py").read_text() if (self.folder / "main.py").exists() else ""
+                for page in re.findall(r'^@\w+\.get\("(/form\w*)"', main, re.M):
+                    lines.append(f"    {'page':<{self.width}}  http://127.0.0.1:{self.ports['web']}{page}")
+        if any(line.uses_celery for line in self.lines):
+            lines.append(f"    {'redis':<{self.width}}  {self.env['REDIS_URL']} {self.redis_note}")
+            broker = self.env["CELERY_BROKER_URL"]
+            if broker != self.env["REDIS_URL"]:
+                masked = re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:**@", broker)
+                lines.append(f"    {'broker':<{self.width}}  {masked}   (the tasks' queue; their results are in Redis)")
+            hint = carried("REDIS_URL", "CELERY_BROKER_URL")
+            lines.append(
+                f"    {'shell':<{self.width}}  {hint}./run_all.sh shell {self.chapter}   (in a second terminal)"
+            )
+        say("\n".join(lines) + "\n  Press Ctrl+C to stop everything.\n\n")
+
+    def sources(self):
+        found = {}
+        for path in self.folder.rglob("*.py"):
+            try:
+                found[path] = path.stat().st_mtime_ns
+            except OSError:
+                pass
+        return found
+
+    def supervise(self):
+        seen = self.sources()
+        while True:
+            self.check_stop()
+            now = time.monotonic()
+            for proc in self.all():
+                if proc.restart_at and now >= proc.restart_at:
+                    proc.start()
+                elif proc.process and not proc.running() and not proc.restart_at and not proc.waiting_change:
+                    self.exited(proc, now)
+                elif proc.reloading and now > proc.reload_deadline:
+                    processes.kill_group(proc.process.pid)
+            current = self.sources()
+            if current != seen:
+                changed = sorted(
+                    {p.name for p in set(current) ^ set(seen)}
+                    | {p.name for p in current if p in seen and current[p] != seen[p]}
+                )
+                seen = current
+                reloaded = [p for p in self.procs if p.line.reloaded]
+                if reloaded:
+                    note(
+                        f"{', '.join(changed)} changed: restarting {', '.join(p.name for p in reloaded)}"
+                        " (running tasks finish first)"
+                    )
+                for proc in reloaded:
+                    if proc.waiting_change:
+                        proc.waiting_change, proc.after_change = False, True
+                        proc.start()
+                    elif proc.running() and not proc.reloading:
+                        proc.reloading, proc.reload_deadline = True, now + WORKER_STOP_SECONDS
+                        proc.process.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+
+    def exited(self, proc, now):
+        processes.kill_group(proc.process.pid)  # what it left behind: a pool process, a reloader's server
+        lived = now - proc.started
+        if proc.reloading:
+            proc.reloading, proc.after_change = False, True
+            proc.start()
+            return
+        if proc.after_change and lived < QUICK:
+            proc.after_change, proc.waiting_change = False, True
+            note(f"{proc.name} exited ({proc.status()}) after the change: starting it again at the next change")
+            return
+        proc.after_change = False
+        proc.quick_exits = proc.quick_exits + 1 if lived < QUICK else 1
+        if proc.quick_exits >= 3:
+            raise Stop(
+                f"{proc.name} exited ({proc.status()}) 3 times in a row, each within {QUICK} s of starting;"
+                " stopping the others"
+            )
+        if proc is self.redis:
+            note(
+                f"redis exited ({proc.status()}): starting it again in {REDIS_RESTART_SECONDS} s,"
+                " from its append-only file"
+            )
+            proc.restart_at = now + REDIS_RESTART_SECONDS
+        else:
+            note(f"{proc.name} exited ({proc.status()}): starting it again")
+            proc.start()
+
+    def stop_all(self, newline=False):
+        """The workers first, warm; then the rest but Redis, which goes last: each group all at once."""
+        if newline:
+            say("\n")  # after the ^C the terminal shows
+        workers = [p for p in self.procs if p.line.worker and p.running()]
+        for proc in workers:
+            note(f"stopping {proc.name}")
+        if workers:
+            whose = "the worker's" if len(workers) == 1 else f"the {len(workers)} workers'"
+            if not self.force:
+                note(
+                    f"waiting up to {WORKER_STOP_SECONDS} s for {whose} running tasks to finish"
+                    " (Ctrl+C again to stop at once)"
+                )
+            processes.stop_trees([p.process for p in workers], WORKER_STOP_SECONDS, hurry=lambda: self.force)
+        for group in ([p for p in reversed(self.procs) if not p.line.worker], [self.redis] if self.redis else []):
+            group = [p for p in group if p.running()]
+            for proc in group:
+                note(f"stopping {proc.name}")
+            processes.stop_trees([p.process for p in group], 10, hurry=lambda: self.force)
+
+
+def run_chapter(chapter):
+    stack = Stack(chapter)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stack.on_signal)
+    stack.watchdog = subprocess.Popen(
+        [sys.executable, __file__, "--watchdog"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        text=True,
+    )
+    code = 1
+    try:
+        stack.start()
+        stack.banner()
+        stack.supervise()
+    except Stop as stop:
+        code = stop.code
+        if str(stop):
+            note(str(stop), 2)
+    except Exception:  # a bug here: said, and the stack still stopped
+        say(traceback.format_exc(), 2)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stack.stop_all(newline=stack.requested == signal.SIGINT)
+    stack.watchdog.stdin.close()
+    return code
+
+
+def watchdog():
+    """Started by run_chapter(): reads "KIND PID" lines; once its input closes (the runner has exited, however), it
+    stops whatever of those processes still runs: SIGTERM to each, SIGKILL to each one's group 10 s later. Warm if
+    they can, but a worker whose output pipe has gone with the runner may not manage its warm shutdown."""
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    pids = [int(line.split()[1]) for line in sys.stdin]
+    pids = [pid for pid in pids if alive(pid)]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 10
+    while any(map(alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in pids:
+        processes.kill_group(pid)
+
+
+def alive(pid):
+    """Whether pid runs (not a zombie), for a process not our own child."""
+    state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
+    return bool(state) and not state.startswith("Z")
+
+
+def main(args):
+    command = args[0] if args else ""
+    if command in ("", "-h", "--help", "help"):
+        return usage()
+    if command == "--watchdog":
+        return watchdog()
+    if command == "test":
+        return run_tests(args[1:])
+    if command == "bench":
+        return run_bench(args[1:])
+    if command in ("shell", "diff"):
+        if len(args) != 2:
+            raise Stop(f"usage: ./run_all.sh {command} CHAPTER")
+        chapter = resolve(args[1])
+        return run_shell(chapter) if command == "shell" else show_diff(chapter)
+    if len(args) != 1:
+        raise Stop("usage: ./run_all.sh CHAPTER (see ./run_all.sh --help)")
+    return run_chapter(resolve(command))
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except Stop as stop:
+        if str(stop):
+            say(f"run_all.sh: {stop}\n", 2)
+        sys.exit(stop.code)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,43 @@
+"""Helpers for the chapters with Celery beat: what the periodic health check publishes, and RedBeat's entries."""
+
+import json
+import time
+from contextlib import contextmanager
+from datetime import timedelta
+
+import redis
+
+HEALTH_CHANNEL = "email-service-health"  # where each health check is published, as periodic.py names it
+
+
+@contextmanager
+def health_checks(redis_url):
+    """Subscribed to the health checks from now on, yields collect(seconds): every check published since the
+    subscription (or the collect before) and during `seconds` more, each as the JSON it published."""
+    with redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True) as pubsub:
+        pubsub.subscribe(HEALTH_CHANNEL)
+
+        def collect(seconds):
+            deadline, checks = time.monotonic() + seconds, []
+            while (left := deadline - time.monotonic()) > 0:
+                message = pubsub.get_message(timeout=left)
+                if message:
+                    checks.append(json.loads(message["data"]))
+            return checks
+
+        yield collect
+
+
+def checks_during(redis_url, seconds):
+    """Every health check published during a window of `seconds` from now."""
+    with health_checks(redis_url) as collect:
+        return collect(seconds)
+
+
+def next_run(celery, name):
+    """When beat sends the entry `name` next, by what RedBeat keeps in Redis (its last run) and the entry's schedule."""
+    from redbeat import RedBeatSchedulerEntry
+
+    entry = RedBeatSchedulerEntry.from_key(f"redbeat:{name}", app=celery)
+    seconds = entry.is_due().next  # from the moment it is asked: now must be read after it
+    return celery.now() + timedelta(seconds=seconds)
