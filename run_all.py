@@ -61,8 +61,8 @@ Usage: ./run_all.sh CHAPTER          run the chapter's Procfile: Redis, worker a
        ./run_all.sh test [ARGS]      run the test suite (ARGS go to pytest)
        ./run_all.sh shell CHAPTER    a Python shell inside the chapter, its main module imported
        ./run_all.sh diff CHAPTER     what the chapter changed since the chapter before (its .py and .html files)
-       ./run_all.sh bench [NAME]     run the benchmarks, or the one named (enqueue, responsive, push, startup);
-                                     --short: a quick pass of each
+       ./run_all.sh bench [NAME]     run the benchmarks, or the one named (enqueue, responsive, push, startup,
+                                     thumbnails); --short: a quick pass of each
 
 CHAPTER is a folder name, or just its number: ch03_divide, ch03 and 3 are the same.
 """
@@ -202,7 +202,7 @@ def run_tests(args):
 
 
 def run_bench(args):
-    every = ["enqueue", "responsive", "push", "startup"]
+    every = ["enqueue", "responsive", "push", "startup", "thumbnails"]
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     for name in [a for a in args if a != "--short"] or every:
         if not (ROOT / "bench" / f"{name}.py").exists():
