@@ -141,6 +141,16 @@ def web(start):
     return url
 
 
+@pytest.fixture(scope="module")
+def migrated(start):
+    """`alembic upgrade head` on the empty database, as the reader runs it before the web app (from chapter
+    8 on); its output."""
+    process = start("alembic", "upgrade", "head")
+    wait_for(lambda: process.proc.poll() is not None, 60, "alembic upgrade head")
+    assert process.stop() == 0, process.output
+    return process.output
+
+
 @pytest.fixture(scope="session")
 def rabbitmq_url():
     """A virtual host of the test session's own on the RabbitMQ at 127.0.0.1:5672 (guest/guest), deleted after."""

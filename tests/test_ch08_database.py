@@ -51,15 +51,6 @@ def chapter_env(chapter_env, database_url):
 
 
 @pytest.fixture(scope="module")
-def migrated(start):
-    """`alembic upgrade head` on the empty database, as the reader runs it before the web app; its output."""
-    process = start("alembic", "upgrade", "head")
-    wait_for(lambda: process.proc.poll() is not None, 60, "alembic upgrade head")
-    assert process.stop() == 0, process.output
-    return process.output
-
-
-@pytest.fixture(scope="module")
 def web(migrated, web):
     return web
 
