@@ -1,13 +1,13 @@
 """A chapter's web app, worker and email-service stand-in on a Redis of one test's own, for the pages' outage tests:
 the web app can be stopped and started again on the same port."""
 
-import httpx2
-
 from helpers import url_answers
 from processes import Process, free_port, wait_for
 
 
-class Stack:
+class ByHand:
+    """The processes a reader starts by hand, one terminal each (not run_all.sh, whose stack is stacks.Stack)."""
+
     def __init__(self, chapter, env, redis_url):
         service = f"http://127.0.0.1:{free_port()}"
         self.chapter, self.port = chapter, free_port()
@@ -25,7 +25,7 @@ class Stack:
 
     def start_web(self):
         self.web = Process(["uvicorn", "main:app", "--port", str(self.port)], self.chapter, self.env)
-        wait_for(lambda: httpx2.get(f"{self.url}/", timeout=2).status_code == 200, 30, "the web app")
+        wait_for(lambda: url_answers(f"{self.url}/"), 30, "the web app")
 
     def stop(self):
         for process in (self.web, self.worker, self.service):

@@ -26,7 +26,7 @@ from helpers import (
     unavailable,
 )
 from limits import longest_hold
-from outage import Stack
+from outage import ByHand
 from processes import Process, free_port, wait_for
 from scenarios import assert_redis_away_holds_nothing_back, assert_redis_down_then_back
 
@@ -192,7 +192,7 @@ def test_the_page_shows_each_state_as_it_comes(page, web, worker, third_party):
 
 
 def test_the_page_tells_of_an_outage_and_picks_up_after_it(page, chapter, chapter_env, restartable_redis):
-    stack = Stack(chapter, chapter_env, restartable_redis.url)
+    stack = ByHand(chapter, chapter_env, restartable_redis.url)
     states, notice, task = page.locator("#states"), page.locator("#notice"), page.locator("#task")
     try:
         page.goto(f"{stack.url}/form")

@@ -29,7 +29,7 @@ from helpers import (
     unavailable,
 )
 from limits import longest_hold
-from outage import Stack
+from outage import ByHand
 from processes import Process, free_port, wait_for
 from scenarios import assert_redis_away_holds_nothing_back, assert_redis_down_then_back
 
@@ -282,7 +282,7 @@ def test_the_page_listens_and_makes_no_request_after_the_post(page, web, worker,
 
 
 def test_the_page_reconnects_after_redis_comes_back(page, chapter, chapter_env, restartable_redis):
-    stack = Stack(chapter, chapter_env | {"THIRD_PARTY_DELAY": "1"}, restartable_redis.url)
+    stack = ByHand(chapter, chapter_env | {"THIRD_PARTY_DELAY": "1"}, restartable_redis.url)
     states, notice = page.locator("#states"), page.locator("#notice")
     try:
         page.goto(f"{stack.url}/form_ws")
