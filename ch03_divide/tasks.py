@@ -7,10 +7,13 @@ from time import sleep
 from celery import Celery
 from celery.signals import celeryd_init
 
+# Redis at REDIS_URL, the variable run_all.sh prints, unless CELERY_BROKER_URL or CELERY_RESULT_BACKEND names another
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
 celery = Celery(
     "worker",
-    broker=os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"),
-    backend=os.environ.get("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/0"),
+    broker=os.environ.get("CELERY_BROKER_URL", REDIS_URL),
+    backend=os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL),
     # The API tries Redis once more, not for 20 s: no Redis is a 503 at once. A worker waits (patient_worker).
     result_backend_transport_options={"retry_policy": {"max_retries": 1}},
 )

@@ -8,11 +8,14 @@ import os
 from celery import Celery
 from celery.signals import celeryd_init
 
+# Redis at REDIS_URL, the variable run_all.sh prints, unless CELERY_BROKER_URL or CELERY_RESULT_BACKEND names another
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
 
 class BaseConfig:
     DEBUG = False
-    CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
-    CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/0")
+    CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+    CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
     # The API tries Redis once more, not for 20 s: no Redis is a 503 at once. A worker waits (patient_worker).
     CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": {"max_retries": 1}}
 

@@ -13,13 +13,15 @@ from celery.signals import celeryd_init
 from scheduler import PatientRedBeatScheduler
 
 logger = logging.getLogger(__name__)
+# Redis at REDIS_URL, the variable run_all.sh prints, unless CELERY_BROKER_URL or CELERY_RESULT_BACKEND names another
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 HEALTH_CHECK_INTERVAL = float(os.environ.get("HEALTH_CHECK_INTERVAL", 10))  # seconds; the tests tick every second
 
 
 class BaseConfig:
     DEBUG = False
-    CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
-    CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/0")
+    CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+    CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
     # The API tries Redis once more, not for 20 s: no Redis is a 503 at once. A worker waits (patient_worker).
     CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": {"max_retries": 1}}
     CELERY_RESULT_EXTENDED = True  # a result keeps its task's retry count, for GET /tasks/{task_id}
@@ -29,8 +31,8 @@ class BaseConfig:
     CELERY_TASK_ACKS_LATE = True
     CELERY_TASK_REJECT_ON_WORKER_LOST = True
     CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-    # No task runs past these, so none is held past the visibility_timeout below (README: "Time limits"): at 30 s
-    # SoftTimeLimitExceeded is raised in the task, which ends FAILURE; at 35 s its process is killed.
+    # No task runs past these, so none is held past the visibility_timeout below: at 30 s SoftTimeLimitExceeded is
+    # raised in the task, which ends FAILURE; at 35 s its process is killed (ch05_retry/README.md, "Time limits").
     CELERY_TASK_SOFT_TIME_LIMIT = 30
     CELERY_TASK_TIME_LIMIT = 35
     # How a dead worker's tasks come back (see ch05_retry/README.md, "What a retry survives"): handed out again 60 s
@@ -43,13 +45,13 @@ class BaseConfig:
         "unacked_restore_throttle": 1,
         "unacked_mutex_expire": 10,
     }
-    # What beat sends, and when (see README, "The schedule"). Times are UTC: crontab(minute=0, hour=8) is 08:00 UTC.
+    # What beat sends, and when (README: "The schedule"). Times are UTC: crontab(minute=0, hour=8) is 08:00 UTC.
     CELERY_TIMEZONE = "UTC"
     CELERY_BEAT_SCHEDULE = {
         "check-email-service": {
             "task": "periodic.check_service",
             "schedule": HEALTH_CHECK_INTERVAL,
-            # a check that no worker took in time is dropped, not run late (see README, "No pile-up")
+            # a check that no worker took in time is dropped, not run late (README: "No pile-up")
             "options": {"expires": HEALTH_CHECK_INTERVAL * 0.8},
         },
         "resend-failed-subscriptions": {

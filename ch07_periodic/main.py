@@ -44,13 +44,8 @@ def start_import(mailing_list: MailingList):
     return {"task_id": task.id}
 
 
-@router.get("/form", include_in_schema=False)
-def form():  # chapter 5's page: it polls
-    return FileResponse(Path(__file__).with_name("form.html"))
-
-
 @router.get("/form_ws", include_in_schema=False)
-def form_ws():  # this chapter's page: it listens
+def form_ws():  # chapter 6's page, which shows the email service's health too
     return FileResponse(Path(__file__).with_name("form_ws.html"))
 
 

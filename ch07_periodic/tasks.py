@@ -36,11 +36,6 @@ def subscribe(self, email):
         raise self.retry(exc=exc, countdown=COUNTDOWN) from exc
 
 
-@shared_task(autoretry_for=(requests.RequestException,), max_retries=3, retry_backoff=COUNTDOWN, retry_jitter=False)
-def subscribe_with_backoff(email):  # the same, declared: retries after 5 s, then 10 s, then 20 s
-    return call_third_party(email)
-
-
 @shared_task(bind=True)
 def import_list(self, emails):
     """All the calls at once, so that the list takes as long as its slowest call, well within the time limit;

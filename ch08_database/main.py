@@ -44,14 +44,14 @@ def start_import(mailing_list: MailingList):
     return {"task_id": task.id}
 
 
-@router.get("/form", include_in_schema=False)
-def form():  # chapter 5's page: it polls
-    return FileResponse(Path(__file__).with_name("form.html"))
-
-
 @router.get("/form_ws", include_in_schema=False)
-def form_ws():  # this chapter's page: it listens
+def form_ws():  # chapter 7's page: a task's every state, and the email service's health
     return FileResponse(Path(__file__).with_name("form_ws.html"))
+
+
+@router.get("/form_users", include_in_schema=False)
+def form_users():  # this chapter's page: users stored, then subscribed
+    return FileResponse(Path(__file__).with_name("form_users.html"))
 
 
 def create_app() -> FastAPI:

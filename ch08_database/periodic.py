@@ -17,7 +17,8 @@ from models import User
 from tasks import THIRD_PARTY_URL, subscribe, subscribe_user
 
 HEALTH = "email-service-health"  # the key of the latest check, and the channel each check is published on
-FAILED = "subscriptions-failed"  # the addresses whose subscription failed because the service did not answer
+# The subscriptions that failed because the service did not answer: each address, with its task's id
+FAILED = "subscriptions-failed"
 RESEND_AFTER = timedelta(minutes=2)  # a user's task and its three retries are over by then
 
 
@@ -38,25 +39,28 @@ def check_service():
     return service
 
 
+# Sent after the last retry. A refused connection or a timeout is kept; a 503 is the service's answer, and is not.
 @task_failure.connect
-def keep_failed_subscription(sender, exception, args, **kwargs):  # after the last retry; a 503 is the service's answer
+def keep_failed_subscription(sender, task_id, exception, args, **kwargs):
     if sender.name == subscribe.name and isinstance(exception, (requests.ConnectionError, requests.Timeout)):
-        redis().sadd(FAILED, args[0])
+        redis().hset(FAILED, args[0], task_id)
 
 
 @shared_task(ignore_result=True)
 def resend_failed():
     health = json.loads(redis().get(HEALTH) or "{}")
     if health.get("service") != "up":
-        return {"resent": [], "waiting": redis().scard(FAILED), "users": []}
-    emails = sorted(email.decode() for email in redis().smembers(FAILED))
-    for email in emails:
-        subscribe.delay(email)
-        redis().srem(FAILED, email)  # once sent: a crash in between sends it twice, never loses it
+        return {"resent": [], "waiting": redis().hlen(FAILED), "users": []}
+    failed = sorted((email.decode(), task_id.decode()) for email, task_id in redis().hgetall(FAILED).items())
+    for email, task_id in failed:
+        # Under the same id: GET /tasks/{id}, and a page that watches it, see the new run
+        subscribe.apply_async([email], task_id=task_id)
+        redis().hdel(FAILED, email)  # once sent: a crash in between sends it twice, never loses it
     users = unfinished_users()
     for user_id, task_id in users:
         subscribe_user.apply_async([user_id], task_id=task_id)  # the same id: GET /users/{id} shows the new run
-    return {"resent": emails, "waiting": redis().scard(FAILED), "users": [user_id for user_id, _ in users]}
+    emails = [email for email, _ in failed]
+    return {"resent": emails, "waiting": redis().hlen(FAILED), "users": [user_id for user_id, _ in users]}
 
 
 def unfinished_users():

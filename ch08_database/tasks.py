@@ -42,11 +42,6 @@ def subscribe(self, email):
         raise self.retry(exc=exc, countdown=COUNTDOWN) from exc
 
 
-@shared_task(autoretry_for=(requests.RequestException,), max_retries=3, retry_backoff=COUNTDOWN, retry_jitter=False)
-def subscribe_with_backoff(email):  # the same, declared: retries after 5 s, then 10 s, then 20 s
-    return call_third_party(email)
-
-
 @shared_task(bind=True)
 def import_list(self, emails):
     """All the calls at once, so that the list takes as long as its slowest call, well within the time limit;
@@ -75,7 +70,8 @@ def subscribe_user(self, user_id):
             user = session.execute(select(User).where(User.id == user_id)).scalar_one()
         if user.subscribed_at is None:
             call_third_party(user.email)
-            # A transaction whose first statement writes: SQLite's busy timeout covers it (README: "Two writers")
+            # A transaction whose first statement writes, which SQLite's busy timeout covers
+            # (README: "Two writers on SQLite")
             with Session.begin() as session:
                 subscribed = update(User).where(User.id == user_id, User.subscribed_at.is_(None))
                 session.execute(subscribed.values(subscribed_at=datetime.now(UTC)))

@@ -1,4 +1,5 @@
-"""POST /users stores a user, then sends its subscription task; GET /users/{id} shows the user and the task's state.
+"""POST /users stores a user, then sends its subscription task; GET /users/{id} shows the user and the task's state;
+GET /users lists the latest users.
 
 The order is the point: the task is sent once the user is committed, with the user's id (README: "Commit, then send").
 """
@@ -8,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -21,6 +23,7 @@ from tasks import subscribe_user
 users_router = APIRouter()
 DB = Annotated[Session, Depends(get_session)]
 UNAVAILABLE = {503: {"description": "The database or Redis is unavailable"}}
+UserId = Annotated[int, Path(ge=1, lt=2**31)]  # an id the database's INTEGER can hold
 
 
 @users_router.post(
@@ -46,8 +49,24 @@ def as_utc(moment: datetime | None):
     return moment and (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC))
 
 
+def user_json(user: User):
+    return {
+        "id": user.id,
+        "email": user.email,
+        "name": user.name,
+        "created_at": as_utc(user.created_at),
+        "subscribed_at": as_utc(user.subscribed_at),
+    }
+
+
+@users_router.get("/users", responses=UNAVAILABLE)
+def list_users(session: DB):
+    """The latest 100 users, the newest first; each one's task is in GET /users/{id}."""
+    return [user_json(user) for user in session.scalars(select(User).order_by(User.id.desc()).limit(100))]
+
+
 @users_router.get("/users/{user_id}", responses={404: {"description": "No such user"}, **UNAVAILABLE})
-def get_user(user_id: Annotated[int, Path(ge=1, lt=2**31)], request: Request, session: DB):
+def get_user(user_id: UserId, request: Request, session: DB):
     user = session.get(User, user_id)
     if user is None:
         raise HTTPException(404, f"no user {user_id}")
@@ -55,11 +74,4 @@ def get_user(user_id: Annotated[int, Path(ge=1, lt=2**31)], request: Request, se
     # The task ended between the two reads: its subscribed_at is committed now, read it again
     if meta["status"] == "SUCCESS" and user.subscribed_at is None:
         session.refresh(user)
-    return {
-        "id": user.id,
-        "email": user.email,
-        "name": user.name,
-        "created_at": as_utc(user.created_at),
-        "subscribed_at": as_utc(user.subscribed_at),
-        "task": status_json(user.task_id, meta),
-    }
+    return {**user_json(user), "task": status_json(user.task_id, meta)}

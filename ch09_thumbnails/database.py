@@ -1,7 +1,8 @@
 """The database: one engine per process, a session per request (get_session) and per task (Session()).
 
 SQLite gets WAL mode and a busy timeout, so that the web app and the workers write side by side; a worker's
-processes each open connections of their own. README: "Two writers on SQLite", "A connection per process".
+processes each open connections of their own.
+See ch08_database/README.md, "Two writers on SQLite", "A connection per process".
 """
 
 from celery.signals import worker_process_init
@@ -51,24 +52,3 @@ def unavailable(exc):
     """What an OperationalError (unreachable, locked) or a TimeoutError (no connection free in time) says, in a line:
     the driver's own words, without SQLAlchemy's notes."""
     return f"The database is unavailable: {str(getattr(exc, 'orig', None) or exc).splitlines()[0]}"
-
-
-def on_commit(session, send):
-    """Call send() once the session's transaction has committed, and never if it is rolled back instead.
-
-    For code that cannot be reordered to send after its commit, as POST /users is (README: "Commit, then send").
-    """
-    session.info.setdefault("on_commit", []).append(send)
-
-
-@event.listens_for(Session, "after_commit")
-def run_on_commit(session):
-    for send in session.info.pop("on_commit", []):
-        send()
-
-
-# A rollback, or a close with no commit: nothing is sent. A savepoint's end is not the transaction's.
-@event.listens_for(Session, "after_transaction_end")
-def drop_on_commit(session, transaction):
-    if not transaction.nested:
-        session.info.pop("on_commit", None)

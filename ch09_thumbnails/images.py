@@ -25,7 +25,12 @@ from tasks import COUNTDOWN
 from users import DB, UNAVAILABLE, UserId
 
 MAX_UPLOAD = 10 * 1024 * 1024  # bytes; every other route keeps the app's 64 KiB
-FORMATS = ("JPEG", "PNG", "GIF", "WEBP")  # Pillow's readers for these only: none of the rarely used, rarely safe ones
+# The formats read, each with the most pixels an avatar may have in it, so that decoding one costs a worker's process
+# 100 MB at most (README: "Memory"). A JPEG is decoded at the smallest scale the thumbnail allows, down to an eighth a
+# side: a 48-megapixel photo costs a few megabytes. The others are decoded whole, a PNG at up to 8 bytes a pixel, a
+# WebP at up to 16.
+MAX_PIXELS = {"JPEG": 50_000_000, "PNG": 12_500_000, "GIF": 12_500_000, "WEBP": 6_250_000}
+FORMATS = tuple(MAX_PIXELS)  # Pillow's readers for these only: none of the rarely used, rarely safe ones
 SIZE = (128, 128)  # the thumbnail fits in this box, its proportions kept
 UPLOADS, THUMBNAILS = get_settings().MEDIA_ROOT / "uploads", get_settings().MEDIA_ROOT / "thumbnails"
 # More pixels than Image.MAX_IMAGE_PIXELS (89.5 million) is an error, in this whole process: Pillow only warns below
@@ -61,9 +66,16 @@ def upload_avatar(user_id: UserId, file: UploadFile, session: DB):
         copyfileobj(file.file, stored, 1024 * 1024)  # a megabyte at a time, never the whole file in memory
     try:
         check(upload)
+        # From now on this upload is the user's avatar, committed before its task is sent: of two uploads, the task of
+        # the last one alone records its thumbnail, whichever ends first (README: "The last upload wins")
+        session.execute(update(User).where(User.id == user_id).values(avatar_upload=upload.name))
+        session.commit()
     except BadImage as exc:
         upload.unlink()
         raise HTTPException(422, str(exc)) from None
+    except Exception:
+        upload.unlink()  # the database away, a 503: nothing of the upload is kept either
+        raise
     return {"task_id": make_thumbnail.delay(user_id, upload.name).id}
 
 
@@ -81,7 +93,12 @@ def opened(path):
     """The image at path, read by the readers of FORMATS only; whatever they raise for bad bytes becomes a BadImage."""
     try:
         with Image.open(path, formats=FORMATS) as image:
+            if image.width * image.height > MAX_PIXELS[image.format]:
+                limit = f"a {image.format} avatar may have {MAX_PIXELS[image.format]:,} at most"
+                raise BadImage(f"{image.width} x {image.height} pixels: {limit}")
             yield image
+    except BadImage:
+        raise
     except UnidentifiedImageError:
         raise BadImage(f"not an image of a format read here: {', '.join(FORMATS)}") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
@@ -109,13 +126,38 @@ def make_thumbnail(self, user_id, upload):  # upload: the file's name in the upl
     os.replace(THUMBNAILS / f"{name}.part", THUMBNAILS / name)  # whole, or not there: never served half-written
     url = f"/media/thumbnails/{name}"
     try:
-        with Session.begin() as session:
-            stored = session.execute(update(User).where(User.id == user_id).values(thumbnail_url=url))
+        previous, kept = keep(user_id, source.name, url)
     except OperationalError as exc:
         raise self.retry(exc=ConnectionError(unavailable(exc)), countdown=COUNTDOWN) from exc
-    if stored.rowcount == 0:
-        raise LookupError(f"no user {user_id}")
+    if not kept:
+        # A later upload replaced this one meanwhile: this thumbnail goes, unless it is the one the user still shows
+        if previous != url:
+            discard(url)
+        return {"thumbnail_url": None, "superseded": True}
+    if previous not in (None, url):
+        discard(previous)  # the thumbnail it replaced, and that one's upload
     return {"thumbnail_url": url, "width": small.width, "height": small.height}
+
+
+def keep(user_id, upload, url):
+    """Record url as the user's thumbnail if upload is still the user's latest: the thumbnail it had, and whether url
+    was recorded. Two transactions, the second one's first statement a write: see
+    ch08_database/README.md, "Two writers on SQLite"."""
+    with Session() as session:
+        user = session.get(User, user_id)
+        if user is None:
+            raise LookupError(f"no user {user_id}")
+        previous = user.thumbnail_url
+    with Session.begin() as session:
+        latest = update(User).where(User.id == user_id, User.avatar_upload == upload)
+        return previous, session.execute(latest.values(thumbnail_url=url)).rowcount == 1
+
+
+def discard(url):
+    """Delete a thumbnail, by its address, and the upload it was made of."""
+    name = url.removeprefix("/media/thumbnails/")
+    (THUMBNAILS / name).unlink(missing_ok=True)
+    (UPLOADS / name.removesuffix(".png")).unlink(missing_ok=True)
 
 
 def thumbnails():

@@ -1,8 +1,8 @@
 """Chapter 9: a user's avatar, made a thumbnail by a task on a queue of its own, so that uploads delay no subscription.
 
 Run: uvicorn third_party:app --port 8010, celery -A main.celery worker --loglevel=info -Q celery -n celery@%h,
-celery -A main.celery worker --loglevel=info -Q images -n images@%h, celery -A main.celery beat --loglevel=info,
-alembic upgrade head && uvicorn main:app --reload
+celery -A main.celery worker --loglevel=info -Q images -n images@%h --max-memory-per-child=150000,
+celery -A main.celery beat --loglevel=info, alembic upgrade head && uvicorn main:app --reload
 """
 
 from pathlib import Path
@@ -46,13 +46,8 @@ def start_import(mailing_list: MailingList):
     return {"task_id": task.id}
 
 
-@router.get("/form", include_in_schema=False)
-def form():  # chapter 5's page: it polls
-    return FileResponse(Path(__file__).with_name("form.html"))
-
-
 @router.get("/form_ws", include_in_schema=False)
-def form_ws():  # chapter 6's page: it listens
+def form_ws():  # chapter 7's page: a task's every state, and the email service's health
     return FileResponse(Path(__file__).with_name("form_ws.html"))
 
 

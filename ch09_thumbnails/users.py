@@ -1,6 +1,8 @@
-"""POST /users stores a user, then sends its subscription task; GET /users/{id} shows the user and the task's state.
+"""POST /users stores a user, then sends its subscription task; GET /users/{id} shows the user and the task's state;
+GET /users lists the latest users.
 
-The order is the point: the task is sent once the user is committed, with the user's id (README: "Commit, then send").
+The order is the point: the task is sent once the user is committed, with the user's id
+(ch08_database/README.md, "Commit, then send").
 """
 
 import uuid
@@ -8,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -37,7 +40,8 @@ def create_user(new_user: NewUser, session: DB):
     except IntegrityError:
         # The database's unique index decided: two requests at once for one address cannot both pass it
         raise HTTPException(409, f"a user with the email {new_user.email} exists already") from None
-    # Sent once the user is committed, with its id: the task finds the user (README: "Commit, then send")
+    # Sent once the user is committed, with its id: the task finds the user
+    # (ch08_database/README.md, "Commit, then send")
     subscribe_user.apply_async([user.id], task_id=user.task_id)
     return {"id": user.id, "task_id": user.task_id}
 
@@ -45,6 +49,23 @@ def create_user(new_user: NewUser, session: DB):
 def as_utc(moment: datetime | None):
     """SQLite keeps no time zone, so a time read from it is naive: it is UTC, as models.py and tasks.py write it."""
     return moment and (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC))
+
+
+def user_json(user: User):
+    return {
+        "id": user.id,
+        "email": user.email,
+        "name": user.name,
+        "created_at": as_utc(user.created_at),
+        "subscribed_at": as_utc(user.subscribed_at),
+        "thumbnail_url": user.thumbnail_url,
+    }
+
+
+@users_router.get("/users", responses=UNAVAILABLE)
+def list_users(session: DB):
+    """The latest 100 users, the newest first; each one's task is in GET /users/{id}."""
+    return [user_json(user) for user in session.scalars(select(User).order_by(User.id.desc()).limit(100))]
 
 
 @users_router.get("/users/{user_id}", responses={404: {"description": "No such user"}, **UNAVAILABLE})
@@ -56,12 +77,4 @@ def get_user(user_id: UserId, request: Request, session: DB):
     # The task ended between the two reads: its subscribed_at is committed now, read it again
     if meta["status"] == "SUCCESS" and user.subscribed_at is None:
         session.refresh(user)
-    return {
-        "id": user.id,
-        "email": user.email,
-        "name": user.name,
-        "created_at": as_utc(user.created_at),
-        "subscribed_at": as_utc(user.subscribed_at),
-        "thumbnail_url": user.thumbnail_url,
-        "task": status_json(user.task_id, meta),
-    }
+    return {**user_json(user), "task": status_json(user.task_id, meta)}

@@ -41,3 +41,9 @@ def next_run(celery, name):
     entry = RedBeatSchedulerEntry.from_key(f"redbeat:{name}", app=celery)
     seconds = entry.is_due().next  # from the moment it is asked: now must be read after it
     return celery.now() + timedelta(seconds=seconds)
+
+
+def second_terminal(env, redis_url):
+    """A second terminal's environment as the runner's banner tells the reader to set it: REDIS_URL, and no CELERY_
+    variable."""
+    return {name: value for name, value in env.items() if not name.startswith("CELERY_")} | {"REDIS_URL": redis_url}

@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from playwright.sync_api import expect
 from websockets.sync.client import connect
 
-from beat_helpers import checks_during, health_checks, next_run
+from beat_helpers import checks_during, health_checks, next_run, second_terminal
 from helpers import address, no_request_gets_a_server_error, readme_has_current_diff, start_workers
-from processes import wait_for
+from processes import Process, wait_for
 
 CHAPTER = "ch07_periodic"
 BEAT = ("celery", "-A", "main.celery", "beat", "--loglevel=info")
@@ -81,6 +81,14 @@ def test_the_api_names_its_chapter(main):
     assert info == {"title": "Chapter 7: periodic tasks", "version": "ch07_periodic"}
 
 
+def test_a_second_terminal_with_redis_url_alone_reaches_the_workers(chapter, chapter_env, workers, redis_url):
+    inspect = Process(
+        ["celery", "-A", "main.celery", "inspect", "ping"], chapter, second_terminal(chapter_env, redis_url)
+    )
+    wait_for(lambda: inspect.proc.poll() is not None, 30, "celery inspect ping")
+    assert (inspect.stop(), inspect.output.count(": OK")) == (0, 2), inspect.output
+
+
 def test_beat_sends_the_check_and_a_worker_runs_it(beats, workers, stand_in):
     beats[-1].wait_for_output("Scheduler: Sending due task check-email-service (periodic.check_service)", timeout=10)
     wait_for(
@@ -110,7 +118,7 @@ def test_a_subscription_failed_while_the_service_was_away_is_sent_again(main, we
     task_id = main.subscribe.delay(away).id
     wait_for(lambda: main.celery.AsyncResult(task_id).state == "FAILURE", 15, "the subscription to fail")
     failed = redis.Redis.from_url(redis_url)
-    assert failed.smembers("subscriptions-failed") == {away.encode()}
+    assert failed.hgetall("subscriptions-failed") == {away.encode(): task_id.encode()}
     sweep = main.celery.send_task("periodic.resend_failed").id  # as beat sends it
     wait_for(lambda: f"Task periodic.resend_failed[{sweep}] succeeded" in worker_output(workers), 10, "the sweep")
     assert re.search(
@@ -122,7 +130,8 @@ def test_a_subscription_failed_while_the_service_was_away_is_sent_again(main, we
     main.celery.send_task("periodic.resend_failed")  # the crontab's next run may be up to a minute away
     wait_for(lambda: f"{away}, call 1: 200 subscribed" in stand_in.process.output, 15, "the subscription sent again")
     assert re.search(rf"succeeded in \S+: {{'resent': \['{re.escape(away)}'\], 'waiting': 0}}", worker_output(workers))
-    assert failed.smembers("subscriptions-failed") == set()
+    assert failed.hgetall("subscriptions-failed") == {}
+    assert main.celery.AsyncResult(task_id).get(timeout=10) == {"subscribed": away}  # the same task id, run again
 
 
 def test_the_sweep_runs_at_the_start_of_each_minute_utc(main, beats):
@@ -170,19 +179,41 @@ def test_beat_stopped_then_started_again_sends_no_burst(start, beats, workers, s
     assert 1 <= len(checks_during(redis_url, 2)) <= 3  # the overdue check once, then one a second: not five at once
 
 
-def test_beat_waits_for_redis_to_come_back(start, restartable_redis):
+def test_both_beats_wait_for_redis_and_the_waiting_one_takes_over_later(start, restartable_redis):
     url = restartable_redis.url
-    beat = start(*BEAT, env={"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url})
+    env = {"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url}
+    holder, waiting = start(*BEAT, env=env), None
     try:
-        beat.wait_for_output("Sending due task check-email-service", timeout=30)
+        holder.wait_for_output("Sending due task check-email-service", timeout=30)
+        waiting = start(*BEAT, env=env)
+        waiting.wait_for_output("beat: Starting...", timeout=30)
         restartable_redis.stop()
-        beat.wait_for_output("beat: Redis is unreachable (Error 111 connecting to", timeout=10)
+        for beat in (holder, waiting):  # the waiting one asks for the lock every 5 s
+            beat.wait_for_output("beat: Redis is unreachable (Error 111 connecting to", timeout=10)
         restartable_redis.start()
-        sent = beat.output.count("Sending due task check-email-service")
-        wait_for(lambda: beat.output.count("Sending due task check-email-service") > sent, 10, "a check sent again")
-        assert beat.proc.poll() is None and "Traceback" not in beat.output
+        sent = holder.output.count("Sending due task check-email-service")
+        wait_for(lambda: holder.output.count("Sending due task check-email-service") > sent, 10, "a check sent again")
+        holder.stop()  # as Ctrl+C: it lets go of the lock
+        waiting.wait_for_output("beat: Acquired lock", timeout=10)
+        waiting.wait_for_output("Sending due task check-email-service", timeout=5)
+        for beat in (holder, waiting):
+            assert "Traceback" not in beat.output and "raised:" not in beat.output, beat.output
+        assert waiting.proc.poll() is None
     finally:
-        beat.stop()
+        for beat in (holder, waiting):
+            if beat:
+                beat.stop()
+
+
+def test_a_beat_whose_lock_is_gone_takes_it_again(beats, redis_url):
+    """Redis answers, but without the lock (lost with Redis's data): the beat waits for it as a second beat does."""
+    beat = beats[-1]
+    acquired = beat.output.count("beat: Acquired lock")
+    redis.Redis.from_url(redis_url).delete("redbeat::lock")
+    beat.wait_for_output("beat: the lock is no longer this beat's: waiting for it, as a second beat does", timeout=10)
+    wait_for(lambda: beat.output.count("beat: Acquired lock") > acquired, 10, "the lock taken again")
+    sent = beat.output.count("Sending due task check-email-service")
+    wait_for(lambda: beat.output.count("Sending due task check-email-service") > sent, 10, "a check sent")
 
 
 def test_the_page_shows_the_health_and_its_age(page, web, beats, workers, stand_in):
@@ -195,6 +226,21 @@ def test_the_page_shows_the_health_and_its_age(page, web, beats, workers, stand_
     expect(service).to_have_class("down")
     stand_in.start()
     expect(service).to_have_text(re.compile(r"^up, checked \d+ s ago$"), timeout=10_000)
+
+
+def test_the_page_shows_a_failed_subscription_sent_again_by_the_sweep(page, web, main, beats, workers, stand_in):
+    page.goto(f"{web}/form_ws")
+    service, states = page.locator("#service"), page.locator("#states")
+    expect(service).to_have_text(re.compile(r"^up, "), timeout=10_000)
+    stand_in.stop()
+    page.fill("#one input[name=email]", address())
+    page.click("#one button")
+    expect(states).to_contain_text("FAILURE (retries: 3): ConnectionError: ", timeout=20_000)
+    stand_in.start()
+    expect(service).to_have_text(re.compile(r"^up, "), timeout=10_000)
+    main.celery.send_task("periodic.resend_failed")  # as beat sends it, at the start of each minute
+    expect(states).to_contain_text("sent again by the sweep, under the same task id", timeout=15_000)
+    expect(states).to_contain_text("SUCCESS (retries: 0)", timeout=10_000)
 
 
 def test_chapter_6s_websocket_still_pushes_every_state(web, workers, stand_in):

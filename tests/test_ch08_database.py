@@ -8,6 +8,7 @@ here), `uvicorn main:app`; the database is a file of the test's own, or a Postgr
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -23,6 +24,7 @@ import httpx2
 import psycopg
 import pytest
 import redis
+from playwright.sync_api import expect
 from websockets.sync.client import connect
 
 from helpers import (
@@ -107,6 +109,10 @@ def test_readme_shows_the_current_diff(chapter):
 
 def test_migrations_make_the_tables_from_empty(migrated, start):
     assert "Running upgrade  -> 0001, users: the table of models.User." in migrated
+    again = start("alembic", "upgrade", "head")  # applies nothing: the database says it is at 0001 already
+    wait_for(lambda: again.proc.poll() is not None, 30, "alembic upgrade head, again")
+    assert again.stop() == 0 and "Running upgrade" not in again.output, again.output
+    assert again.output.count("INFO  [alembic.runtime.migration] ") == 2  # "Context impl ...", "Will assume ..."
     check = start("alembic", "check")  # the models and the migrated database agree, column for column
     wait_for(lambda: check.proc.poll() is not None, 30, "alembic check")
     assert (check.stop(), check.output.splitlines()[-1]) == (0, "No new upgrade operations detected."), check.output
@@ -186,6 +192,28 @@ def test_the_sweep_sends_again_a_user_whose_task_was_lost(web, workers, third_pa
     assert when_subscribed(web, lost.id)["task"]["result"] == {"subscribed": lost.email}
     assert httpx2.get(f"{web}/users/{refused.id}").json()["subscribed_at"] is None
     assert third_party.output.count(f"{refused.email}, call") == 4  # its first task's, and no more
+
+
+def test_get_users_lists_the_latest_first(web):
+    emails = [address() for _ in range(3)]
+    ids = [new_user(web, email).json()["id"] for email in emails]
+    listed = httpx2.get(f"{web}/users").json()
+    assert [(user["id"], user["email"]) for user in listed[:3]] == list(zip(ids, emails, strict=True))[::-1]
+    assert set(listed[0]) == {"id", "email", "name", "created_at", "subscribed_at"} and len(listed) <= 100
+
+
+def test_the_page_shows_a_user_stored_then_subscribed(page, web, workers, third_party):
+    email = address()
+    page.goto(f"{web}/form_users")
+    page.fill("input[name=email]", email)
+    page.click("#user button")
+    states = page.locator("#states")
+    expect(states).to_contain_text("stored (201)")
+    expect(states).to_contain_text("SUCCESS", timeout=20_000)
+    row = page.locator("#users tr", has_text=email)
+    expect(row.locator("td").nth(3)).to_have_text(re.compile(r"^\d{4}-\d\d-\d\dT.*\+00:00$"))
+    page.click("#user button")  # the same address again
+    expect(states).to_have_text(f"409: a user with the email {email} exists already")
 
 
 def test_a_taken_email_is_a_409(web):

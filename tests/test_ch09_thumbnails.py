@@ -21,8 +21,9 @@ from playwright.sync_api import expect
 from schemathesis.config import SchemathesisConfig
 from websockets.sync.client import connect
 
+from beat_helpers import second_terminal
 from helpers import address, bodies_over_64_kib_are_refused, no_request_gets_a_server_error, readme_has_current_diff
-from processes import free_port, wait_for
+from processes import Process, free_port, wait_for
 
 CHAPTER = "ch09_thumbnails"
 MAX_UPLOAD = 10 * 1024 * 1024
@@ -61,9 +62,9 @@ def workers(chapter, start, migrated, third_party):
     return started
 
 
-def image(fmt="JPEG", size=(640, 480), **save):
+def image(fmt="JPEG", size=(640, 480), mode="RGB", **save):
     """An image made here: a gradient, so that a JPEG of it is not all one colour."""
-    picture = Image.linear_gradient("L").resize(size).convert("RGB")
+    picture = Image.linear_gradient("L").resize(size).convert(mode)
     data = io.BytesIO()
     picture.save(data, fmt, **save)
     return data.getvalue()
@@ -83,11 +84,16 @@ def damaged_png():
     return bytes(data)
 
 
+def blank_png(size):
+    """A black and white PNG, all black: a few kB, whatever its size in pixels."""
+    data = io.BytesIO()
+    Image.new("1", size).save(data, "PNG")
+    return data.getvalue()
+
+
 def decompression_bomb():
     """A 10,000 x 10,000 PNG of 12 kB: 100 million pixels, more than Pillow's limit (89.5 million)."""
-    data = io.BytesIO()
-    Image.new("1", (10_000, 10_000)).save(data, "PNG")
-    return data.getvalue()
+    return blank_png((10_000, 10_000))
 
 
 def new_user(web):
@@ -142,7 +148,10 @@ def test_readme_shows_the_current_diff(chapter):
 
 
 def test_the_migration_adds_thumbnail_url(migrated, start):
-    assert "Running upgrade 0001 -> 0002, users: thumbnail_url, the address of the avatar's thumbnail." in migrated
+    assert (
+        "Running upgrade 0001 -> 0002, users: avatar_upload and thumbnail_url, the latest upload and its thumbnail."
+        in migrated
+    )
     check = start("alembic", "check")
     wait_for(lambda: check.proc.poll() is not None, 30, "alembic check")
     assert (check.stop(), check.output.splitlines()[-1]) == (0, "No new upgrade operations detected."), check.output
@@ -194,6 +203,37 @@ def test_image_tasks_run_on_the_images_worker_and_subscriptions_on_the_other(web
     assert "Task images." not in default and "Task tasks." not in images  # of every task these tests sent
 
 
+def test_the_last_upload_wins_whatever_order_the_thumbnails_end_in(web, workers, media):
+    """A big PNG, then a small JPEG: the small one's thumbnail ends first, the big one's last, and the user keeps the
+    small one's; nothing of the big one is kept. A third upload then replaces the second, whose files go."""
+    user_id = new_user(web)
+    before = set(media.rglob("*"))
+    big, small = (upload(web, user_id, data).json()["task_id"] for data in (image("PNG", size=(3500, 3500)), image()))
+    superseded, last = when_done(web, big), when_done(web, small)
+    output = workers["images"].output
+    assert output.index(f"make_thumbnail[{small}] succeeded") < output.index(f"make_thumbnail[{big}] succeeded")
+    assert superseded["result"] == {"thumbnail_url": None, "superseded": True}
+    assert httpx2.get(f"{web}/users/{user_id}").json()["thumbnail_url"] == last["result"]["thumbnail_url"]
+    assert set(media.rglob("*")) - before == kept_files(media, last)
+
+    replaced = when_done(web, upload(web, user_id, portrait_photo()).json()["task_id"])
+    assert httpx2.get(f"{web}/users/{user_id}").json()["thumbnail_url"] == replaced["result"]["thumbnail_url"]
+    assert set(media.rglob("*")) - before == kept_files(media, replaced)
+
+
+def kept_files(media, status):
+    """The upload and the thumbnail of a task's final status."""
+    name = status["result"]["thumbnail_url"].removeprefix("/media/thumbnails/")
+    return {media / "uploads" / name.removesuffix(".png"), media / "thumbnails" / name}
+
+
+def test_a_second_terminal_with_redis_url_alone_lists_each_workers_queue(chapter, chapter_env, workers, redis_url):
+    command = ["celery", "-A", "main.celery", "inspect", "active_queues"]
+    inspect = Process(command, chapter, second_terminal(chapter_env, redis_url))
+    wait_for(lambda: inspect.proc.poll() is not None, 30, "celery inspect active_queues")
+    assert inspect.stop() == 0 and "2 nodes online." in inspect.output, inspect.output
+
+
 def test_a_portrait_photo_is_made_upright(web, workers):
     status, _ = thumbnail_of(web, portrait_photo())
     assert (status["state"], status["result"]["width"], status["result"]["height"]) == ("SUCCESS", 96, 128)
@@ -206,12 +246,13 @@ def test_a_portrait_photo_is_made_upright(web, workers):
         (b"Hello, world", "not an image of a format read here: JPEG, PNG, GIF, WEBP"),
         (b"", "the file is empty"),
         (image("PNG")[:300], "the image cannot be read: Truncated File Read"),
+        (blank_png((4000, 4000)), "4000 x 4000 pixels: a PNG avatar may have 12,500,000 at most"),
         (
             decompression_bomb(),
             "Image size (100000000 pixels) exceeds limit of 89478485 pixels, could be decompression bomb DOS attack.",
         ),
     ],
-    ids=["a damaged PNG", "not an image", "empty", "a truncated PNG", "a decompression bomb"],
+    ids=["a damaged PNG", "not an image", "empty", "a truncated PNG", "too many pixels", "a decompression bomb"],
 )
 def test_a_bad_file_is_a_422_and_is_not_kept(web, media, data, detail):
     user_id = new_user(web)
@@ -239,6 +280,26 @@ def test_a_truncated_jpeg_is_a_failure_saying_so_and_is_not_kept(web, workers, m
     assert (status["state"], user["thumbnail_url"]) == ("FAILURE", None)
     assert status["error"].startswith("BadImage: the image cannot be read: image file is truncated ("), status
     assert set((media / "uploads").iterdir()) == kept
+
+
+def images_pool(main):
+    """The process ids of the images worker's pool, as `celery inspect stats` lists them."""
+    node = f"images@{socket.gethostname()}"
+    stats = main.celery.control.inspect(timeout=2, destination=[node], limit=1).stats()
+    return sorted(stats[node]["pool"]["processes"])
+
+
+def test_an_images_process_grown_past_its_memory_limit_is_replaced_after_its_task(web, workers, main):
+    """A PNG of 12 million pixels with transparency takes an images process past the Procfile's
+    --max-memory-per-child=150000 (KiB) while it is decoded: its thumbnail is made, then the process is replaced. A
+    small photo's does not."""
+    pool = images_pool(main)
+    assert thumbnail_of(web, image())[0]["state"] == "SUCCESS"
+    assert images_pool(main) == pool
+    status, _ = thumbnail_of(web, image("PNG", size=(3500, 3500), mode="RGBA"))
+    assert (status["state"], status["result"]["width"]) == ("SUCCESS", 128)
+    replaced = wait_for(lambda: (now := images_pool(main)) != pool and now, 10, "a process replaced")
+    assert len(replaced) == len(pool) and len(set(replaced) - set(pool)) == 1
 
 
 def test_up_to_10_mib_is_taken(web, workers):

@@ -1,4 +1,4 @@
-"""users: thumbnail_url, the address of the avatar's thumbnail.
+"""users: avatar_upload and thumbnail_url, the latest upload and its thumbnail.
 
 Revision ID: 0002
 Revises: 0001
@@ -16,9 +16,11 @@ depends_on = None
 
 def upgrade():
     with op.batch_alter_table("users") as batch_op:
+        batch_op.add_column(sa.Column("avatar_upload", sa.String(length=32), nullable=True))
         batch_op.add_column(sa.Column("thumbnail_url", sa.String(length=200), nullable=True))
 
 
 def downgrade():
     with op.batch_alter_table("users") as batch_op:
         batch_op.drop_column("thumbnail_url")
+        batch_op.drop_column("avatar_upload")
