@@ -60,7 +60,8 @@ class BaseConfig:
             "options": {"expires": 50},
         },
     }
-    # RedBeat keeps the schedule in Redis, under a lock: one beat sends, any other waits to take over (see README).
+    # RedBeat keeps the schedule in Redis, under a lock: one beat sends, any other waits to take over
+    # (README: "Once per tick").
     CELERY_BEAT_SCHEDULER = PatientRedBeatScheduler  # RedBeat's, waiting for Redis when it goes away
     CELERY_BEAT_MAX_LOOP_INTERVAL = 5  # beat wakes at least every 5 s: a waiting beat asks for the lock that often
     CELERY_REDBEAT_REDIS_URL = CELERY_RESULT_BACKEND  # the Redis of the results, even when the tasks go to RabbitMQ
