@@ -1,11 +1,15 @@
-"""Helpers for the chapters with Celery beat: what the periodic health check publishes, and RedBeat's entries."""
+"""Helpers for the chapters with Celery beat (7 to 9): what the periodic health check publishes, RedBeat's entries, a
+second terminal's environment, and the results of the earlier chapters' tasks."""
 
 import json
 import time
 from contextlib import contextmanager
 from datetime import timedelta
 
+import httpx2
 import redis
+
+from helpers import address, statuses_until_done
 
 HEALTH_CHANNEL = "email-service-health"  # where each health check is published, as periodic.py names it
 
@@ -47,3 +51,12 @@ def second_terminal(env, redis_url):
     """A second terminal's environment as the runner's banner tells the reader to set it: REDIS_URL, and no CELERY_
     variable."""
     return {name: value for name, value in env.items() if not name.startswith("CELERY_")} | {"REDIS_URL": redis_url}
+
+
+def earlier_tasks_results(web):
+    """The results of chapter 3's divide (1 / 4) and of chapter 6's import of two addresses, one the service refuses,
+    sent through the API of the web app at `web` and run by the chapter's workers."""
+    with httpx2.Client(base_url=web) as client:
+        divided = client.post("/divide", json={"x": 1, "y": 4}).json()["task_id"]
+        imported = client.post("/import", json={"emails": [address(), address("+down")]}).json()["task_id"]
+        return [statuses_until_done(client, task_id)[-1]["result"] for task_id in (divided, imported)]

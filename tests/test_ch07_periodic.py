@@ -15,9 +15,10 @@ from fastapi.testclient import TestClient
 from playwright.sync_api import expect
 from websockets.sync.client import connect
 
-from beat_helpers import checks_during, health_checks, next_run, second_terminal
+from beat_helpers import checks_during, earlier_tasks_results, health_checks, next_run, second_terminal
 from helpers import address, no_request_gets_a_server_error, readme_has_current_diff, start_workers
 from processes import Process, wait_for
+from scenarios import assert_redis_down_then_back
 
 CHAPTER = "ch07_periodic"
 BEAT = ("celery", "-A", "main.celery", "beat", "--loglevel=info")
@@ -249,6 +250,15 @@ def test_chapter_6s_websocket_still_pushes_every_state(web, workers, stand_in):
     with connect(f"ws{web.removeprefix('http')}/ws/task_status/{task_id}", open_timeout=10) as socket:
         states = [message for message in socket]
     assert '"state":"SUCCESS"' in states[-1] and email in states[-1]
+
+
+def test_chapter_3s_divide_and_chapter_6s_import_still_run(web, workers, stand_in):
+    divided, imported = earlier_tasks_results(web)
+    assert (divided, imported["subscribed"], len(imported["failed"])) == (0.25, 1, 1)
+
+
+def test_without_redis_the_api_says_so_and_recovers(chapter, chapter_env):
+    assert_redis_down_then_back(chapter, chapter_env)
 
 
 def test_no_request_gets_a_server_error(api_schema):

@@ -27,6 +27,7 @@ import redis
 from playwright.sync_api import expect
 from websockets.sync.client import connect
 
+from beat_helpers import earlier_tasks_results
 from helpers import (
     POSTGRESQL,
     address,
@@ -36,6 +37,7 @@ from helpers import (
     url_answers,
 )
 from processes import free_port, wait_for
+from scenarios import assert_redis_down_then_back
 
 CHAPTER = "ch08_database"
 
@@ -342,6 +344,15 @@ def test_the_users_task_is_pushed_over_the_websocket(web, workers, third_party):
         for message in socket:
             final = message
     assert '"state":"SUCCESS"' in final and email in final
+
+
+def test_chapter_3s_divide_and_chapter_6s_import_still_run(web, workers, third_party):
+    divided, imported = earlier_tasks_results(web)
+    assert (divided, imported["subscribed"], len(imported["failed"])) == (0.25, 1, 1)
+
+
+def test_without_redis_the_api_says_so_and_recovers(chapter, chapter_env):
+    assert_redis_down_then_back(chapter, chapter_env)
 
 
 def test_no_request_gets_a_server_error(api_schema, migrated, database_url):

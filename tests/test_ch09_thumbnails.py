@@ -21,9 +21,10 @@ from playwright.sync_api import expect
 from schemathesis.config import SchemathesisConfig
 from websockets.sync.client import connect
 
-from beat_helpers import second_terminal
+from beat_helpers import earlier_tasks_results, second_terminal
 from helpers import address, bodies_over_64_kib_are_refused, no_request_gets_a_server_error, readme_has_current_diff
 from processes import Process, free_port, wait_for
+from scenarios import assert_redis_down_then_back
 
 CHAPTER = "ch09_thumbnails"
 MAX_UPLOAD = 10 * 1024 * 1024
@@ -371,6 +372,15 @@ def test_the_page_shows_the_states_then_the_thumbnail(page, web, workers, tmp_pa
     page.click("#avatar button")
     expect(states).to_have_text("422: not an image of a format read here: JPEG, PNG, GIF, WEBP")
     expect(thumbnail).to_be_hidden()
+
+
+def test_chapter_3s_divide_and_chapter_6s_import_still_run(web, workers, third_party):
+    divided, imported = earlier_tasks_results(web)
+    assert (divided, imported["subscribed"], len(imported["failed"])) == (0.25, 1, 1)
+
+
+def test_without_redis_the_api_says_so_and_recovers(chapter, chapter_env):
+    assert_redis_down_then_back(chapter, chapter_env)
 
 
 def test_no_request_gets_a_server_error(api_schema, migrated):
