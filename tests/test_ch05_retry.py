@@ -6,6 +6,7 @@ The stand-in and the retries wait 1 s here, not 5 (chapter_env); the tests of ru
 
 import importlib
 import os
+import shlex
 import shutil
 import signal
 
@@ -22,12 +23,13 @@ from helpers import (
     import_chapter,
     no_request_gets_a_server_error,
     readme_has_current_diff,
+    status_when_done,
     statuses_until_done,
     unavailable,
 )
 from limits import longest_hold
 from outage import ByHand
-from processes import Process, free_port, wait_for
+from processes import Terminals, free_port, wait_for
 from scenarios import assert_redis_away_holds_nothing_back, assert_redis_down_then_back
 
 CHAPTER = "ch05_retry"
@@ -253,13 +255,10 @@ def test_a_pending_retry_survives_a_reload_and_a_restart(stack, repository_copy)
         ch05.process.wait_for_output(f"Task tasks.subscribe[{task_id}] retry: Retry in 5s: HTTPError(", timeout=15)
         return task_id
 
-    def state(task_id, web):
-        return httpx2.get(f"{web}/tasks/{task_id}").json()["state"]
-
     reloaded = subscribe_and_wait_for_the_retry()
     os.utime(repository_copy / CHAPTER / "tasks.py")  # what saving the file does
     ch05.process.wait_for_output("run_all.sh: tasks.py changed: restarting worker", timeout=10)
-    wait_for(lambda: state(reloaded, ch05.web) == "SUCCESS", 30, "the retry, run by the reloaded worker")
+    assert status_when_done(ch05.web, reloaded)["state"] == "SUCCESS"  # the retry, run by the reloaded worker
     output = ch05.process.output
     assert (
         output.index("run_all.sh: tasks.py changed: restarting worker")
@@ -271,7 +270,7 @@ def test_a_pending_retry_survives_a_reload_and_a_restart(stack, repository_copy)
     assert ch05.ctrl_c() == 130
     again = stack("5", root=repository_copy, **env)
     again.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
-    wait_for(lambda: state(restarted, again.web) == "SUCCESS", 30, "the retry, run after the restart")
+    assert status_when_done(again.web, restarted)["state"] == "SUCCESS"  # the retry, run after the restart
 
 
 def test_while_redis_is_away_a_retry_waits_and_no_task_is_held_back(chapter, chapter_env, restartable_redis):
@@ -288,21 +287,17 @@ def test_a_killed_worker_and_a_restarted_redis_lose_no_task(chapter, chapter_env
     The workers run in a copy of the chapter, so that the reload does not reach other tests' processes.
     """
     folder = shutil.copytree(chapter, tmp_path / CHAPTER, ignore=shutil.ignore_patterns("__pycache__"))
+    service = free_port()
     env = chapter_env | {
         "CELERY_BROKER_URL": restartable_redis.url,
         "CELERY_RESULT_BACKEND": restartable_redis.url,
-        "THIRD_PARTY_URL": f"http://127.0.0.1:{free_port()}",
+        "THIRD_PARTY_URL": f"http://127.0.0.1:{service}",
         "THIRD_PARTY_DELAY": "0.2",
     }
-    started = []
+    terminals = Terminals(folder, env)
     try:
-        started.append(
-            Process(["uvicorn", "third_party:app", "--port", env["THIRD_PARTY_URL"].rsplit(":", 1)[1]], folder, env)
-        )
-        first = Process(
-            ["celery", "-A", "main.celery", "worker", "--loglevel=info"], folder, env, start_new_session=True
-        )
-        started.append(first)
+        terminals.line("third_party", port=service)
+        first = terminals.line("worker", wait=False)
         emails = [address("+fail1" if n % 5 == 0 else "") for n in range(50)]
         with import_chapter(chapter, env) as main:
             client = TestClient(main.app)
@@ -310,19 +305,7 @@ def test_a_killed_worker_and_a_restarted_redis_lose_no_task(chapter, chapter_env
             first.wait_for_output(" succeeded in ", timeout=30)
             os.killpg(first.proc.pid, signal.SIGKILL)  # the worker and its pool, mid-task
 
-            second = Process(
-                [
-                    "watchfiles",
-                    "--filter",
-                    "python",
-                    "--sigint-timeout",
-                    "60",
-                    "celery -A main.celery worker --loglevel=info",
-                ],
-                folder,
-                env,
-            )
-            started.append(second)
+            second = terminals("watchfiles", "--filter", "python", "--sigint-timeout", "60", shlex.join(first.args))
             second.wait_for_output(" ready.", timeout=30)
             restartable_redis.stop()
             restartable_redis.start()  # the same data, read back from the append-only file
@@ -353,8 +336,7 @@ def test_a_killed_worker_and_a_restarted_redis_lose_no_task(chapter, chapter_env
             assert set(unfinished().values()) <= {"PENDING"}, unfinished()
         assert "Unrecoverable error" not in second.output
     finally:
-        for process in reversed(started):
-            process.stop()
+        terminals.stop()
 
 
 def test_without_redis_the_api_says_so_and_recovers(chapter, chapter_env):

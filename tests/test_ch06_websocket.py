@@ -30,7 +30,7 @@ from helpers import (
 )
 from limits import longest_hold
 from outage import ByHand
-from processes import Process, free_port, wait_for
+from processes import Terminals, free_port, wait_for
 from scenarios import assert_redis_away_holds_nothing_back, assert_redis_down_then_back
 
 CHAPTER = "ch06_websocket"
@@ -311,13 +311,10 @@ def test_chapter_5s_page_and_api_still_work(web, worker, third_party):
 
 def start_web(chapter_env, redis_url, open_files=None):
     """The reader's `uvicorn main:app` on Redis at redis_url, under `ulimit -n open_files` if given; its URL."""
-    port = free_port()
     env = chapter_env | {"CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url}
     limit = open_files and (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files)))
-    process = Process(["uvicorn", "main:app", "--port", str(port)], ROOT / CHAPTER, env, preexec_fn=limit)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx2.get(f"{url}/").status_code == 200, 30, "the web app")
-    return url, process
+    process = Terminals(ROOT / CHAPTER, env).line("web", port=free_port(), preexec_fn=limit)
+    return process.url, process
 
 
 def closed_with(url):
