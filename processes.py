@@ -294,9 +294,11 @@ class Terminals:
 
     def line(self, name, port=None, node=None, extra=(), env=None, wait=True, **options):
         """The Procfile's line NAME, as its README's terminal runs it (its steps, like `alembic upgrade head`, left
-        to the caller), a server on `port`, a worker named `node`, if given: its Process, once ready(), unless
-        wait=False."""
+        to the caller), a worker named `node` if given, a server on `port`, else on the port of NAME_URL in the
+        environment, if set (THIRD_PARTY_URL, as the runner sets it): its Process, once ready(), unless wait=False."""
         line = next(line for line in procfile(self.folder) if line.name == name)
+        url = (self.env | (env or {})).get(f"{name.upper().replace('-', '_')}_URL")
+        port = port or (url and line.port and urllib.parse.urlsplit(url).port)
         process = self(*line.args(port, node, extra, steps=False), env=env, **options)
         process.line, process.url = line, line.port and f"http://127.0.0.1:{port or line.port}"
         return self.ready(process) if wait else process

@@ -98,9 +98,8 @@ def web(chapter, env, app="main:app", open_files=None):
 @contextmanager
 def stand_in(chapter, env):
     """The Procfile's email service's stand-in, at env's THIRD_PARTY_URL, with no access log."""
-    port = int(env["THIRD_PARTY_URL"].rsplit(":", 1)[1])
     with terminals(chapter, env) as started:
-        started.line("third_party", port=port, extra=["--no-access-log"], keep=False)
+        started.line("third_party", extra=["--no-access-log"], keep=False)
         yield
 
 

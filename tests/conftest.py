@@ -97,7 +97,7 @@ def flower(start, worker):
 @pytest.fixture(scope="module")
 def third_party(start, chapter_env):
     """The email service's stand-in, the Procfile's third_party, on the port THIRD_PARTY_URL names."""
-    return start.line("third_party", port=int(chapter_env["THIRD_PARTY_URL"].rsplit(":", 1)[1]))
+    return start.line("third_party")
 
 
 @pytest.fixture(scope="module")

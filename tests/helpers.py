@@ -81,6 +81,13 @@ def import_chapter(folder, env):
         os.environ.update(saved_env)
 
 
+def on_redis(env, redis_url, **settings):
+    """A chapter's environment moved to the Redis at redis_url, its email service's stand-in (if any) to a port of
+    its own; then `settings`."""
+    service = {"THIRD_PARTY_URL": f"http://127.0.0.1:{processes.free_port()}"} if "THIRD_PARTY_URL" in env else {}
+    return env | {"CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url} | service | settings
+
+
 def url_answers(url):
     return httpx2.get(url, timeout=2).status_code == 200
 

@@ -1,6 +1,7 @@
 """A chapter's web app, worker and email-service stand-in on a Redis of one test's own, for the pages' outage tests:
 the web app can be stopped and started again on the same port."""
 
+from helpers import on_redis
 from processes import Terminals, free_port
 
 
@@ -9,12 +10,10 @@ class ByHand(Terminals):
     whose stack is stacks.Stack); .web can be stopped, and start_web() starts it again on the same port."""
 
     def __init__(self, chapter, env, redis_url):
-        service = free_port()
-        redis = {"CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url}
-        super().__init__(chapter, env | redis | {"THIRD_PARTY_URL": f"http://127.0.0.1:{service}"})
+        super().__init__(chapter, on_redis(env, redis_url))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        starting = [self.line("third_party", port=service, wait=False), self.line("worker", wait=False)]
+        starting = [self.line("third_party", wait=False), self.line("worker", wait=False)]
         self.start_web()
         for process in starting:
             self.ready(process)

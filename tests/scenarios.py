@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fastapi.testclient import TestClient
 
-from helpers import find_redis_server, import_chapter
+from helpers import find_redis_server, import_chapter, on_redis
 from processes import RedisServer, Terminals, free_port, wait_for
 
 
@@ -32,16 +32,10 @@ def assert_redis_down_then_back(chapter, env, requests=50):
 def assert_redis_away_holds_nothing_back(chapter, env, restartable_redis, emails):
     """Redis stops while the service is being called for emails[0], which fails once: its retry waits for Redis,
     the same worker runs it, and the other tasks, queued meanwhile, are not held back by a minute."""
-    service = free_port()
-    env = env | {
-        "CELERY_BROKER_URL": restartable_redis.url,
-        "CELERY_RESULT_BACKEND": restartable_redis.url,
-        "THIRD_PARTY_URL": f"http://127.0.0.1:{service}",
-        "THIRD_PARTY_DELAY": "1",
-    }
+    env = on_redis(env, restartable_redis.url, THIRD_PARTY_DELAY="1")
     terminals = Terminals(chapter, env)
     try:
-        terminals.line("third_party", port=service)
+        terminals.line("third_party")
         worker = terminals.line("worker")
         with import_chapter(chapter, env) as main:
             task_ids = [main.subscribe.delay(email).id for email in emails]

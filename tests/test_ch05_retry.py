@@ -22,6 +22,7 @@ from helpers import (
     bodies_over_64_kib_are_refused,
     import_chapter,
     no_request_gets_a_server_error,
+    on_redis,
     readme_has_current_diff,
     status_when_done,
     statuses_until_done,
@@ -287,16 +288,10 @@ def test_a_killed_worker_and_a_restarted_redis_lose_no_task(chapter, chapter_env
     The workers run in a copy of the chapter, so that the reload does not reach other tests' processes.
     """
     folder = shutil.copytree(chapter, tmp_path / CHAPTER, ignore=shutil.ignore_patterns("__pycache__"))
-    service = free_port()
-    env = chapter_env | {
-        "CELERY_BROKER_URL": restartable_redis.url,
-        "CELERY_RESULT_BACKEND": restartable_redis.url,
-        "THIRD_PARTY_URL": f"http://127.0.0.1:{service}",
-        "THIRD_PARTY_DELAY": "0.2",
-    }
+    env = on_redis(chapter_env, restartable_redis.url, THIRD_PARTY_DELAY="0.2")
     terminals = Terminals(folder, env)
     try:
-        terminals.line("third_party", port=service)
+        terminals.line("third_party")
         first = terminals.line("worker", wait=False)
         emails = [address("+fail1" if n % 5 == 0 else "") for n in range(50)]
         with import_chapter(chapter, env) as main:
