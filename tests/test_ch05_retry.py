@@ -262,6 +262,8 @@ def test_a_pending_retry_survives_a_reload_and_a_restart(stack, repository_copy)
     os.utime(repository_copy / CHAPTER / "tasks.py")  # what saving the file does
     ch05.process.wait_for_output("run_all.sh: tasks.py changed: restarting worker", timeout=10)
     wait_for(lambda: state(reloaded, ch05.web) == "SUCCESS", 30, "the retry, run by the reloaded worker")
+    # The worker logs the success after it stored it, and the line then comes through run_all.sh's pipe
+    ch05.process.wait_for_output(f"Task tasks.subscribe[{reloaded}] succeeded", timeout=10)
     output = ch05.process.output
     assert (
         output.index("run_all.sh: tasks.py changed: restarting worker")
