@@ -17,7 +17,6 @@ import httpx2
 import pytest
 import schemathesis
 from celery import _state
-from celery.app import app_or_default
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
@@ -52,15 +51,19 @@ def find_redis_server():
 def import_chapter(folder, env):
     """Import a chapter's main module as `python` inside the folder would, and forget it afterwards.
 
-    Chapters share module names (main, tasks, ...) and Celery keeps global state: the current app (saved and put
-    back with Celery's public API), the default app and the @shared_task tasks every new app takes on, which
-    have none (celery._state is private). Unforgotten, one chapter's shared tasks would be taken on by the next
-    chapter's app, beside its own of the same names.
+    Chapters share module names (main, tasks, ...) and Celery keeps global state: the current app, the default app,
+    the apps alive and the @shared_task tasks every new app takes on. Celery has no public API to forget them (an
+    app can be made current, not unmade): celery._state, private, is saved before the import and put back after
+    it. Unforgotten, one chapter's shared tasks would be taken on by the next chapter's app, beside its own of the
+    same names.
     """
     modules = {name: sys.modules.pop(name, None) for name in CHAPTER_MODULES}
-    current_app, default_app = app_or_default(), _state.default_app
-    finalizers = set(_state._on_app_finalizers)
+    finalizers, apps = set(_state._on_app_finalizers), set(_state._apps)
+    current_app, default_app = getattr(_state._tls, "current_app", None), _state.default_app
     _state._on_app_finalizers.intersection_update(CELERY_FINALIZERS)
+    _state._apps.clear()
+    _state._set_current_app(None)
+    _state.default_app = None
     saved_env = os.environ.copy()
     os.environ.clear()
     os.environ.update(env)
@@ -75,8 +78,10 @@ def import_chapter(folder, env):
                 sys.modules[name] = module
         _state._on_app_finalizers.clear()
         _state._on_app_finalizers.update(finalizers)
+        _state._apps.clear()
+        _state._apps.update(apps)
+        _state._set_current_app(current_app)
         _state.default_app = default_app
-        current_app.set_current()
         os.environ.clear()
         os.environ.update(saved_env)
 
