@@ -44,47 +44,34 @@ def wait_until(check, timeout, what):
         processes.wait_for(check, timeout, what)
     except processes.TimedOut:
         sys.exit(f"bench: no {what} after {timeout} s")
+    except processes.Exited as exited:
+        sys.exit(f"bench: {exited}")
 
 
 def chapter_env(redis_url, **extra):
-    env = processes.clean_env()
-    return (
-        env
-        | {
-            "PATH": f"{BIN}{os.pathsep}{env['PATH']}",
-            "CELERY_BROKER_URL": redis_url,
-            "CELERY_RESULT_BACKEND": redis_url,
-            "PYTHONUNBUFFERED": "1",
-        }
-        | extra
-    )
+    """A chapter's environment on the benchmark's Redis (processes.chapter_env), with `extra` settings."""
+    return processes.chapter_env(None, redis_url, **extra)
 
 
 @contextmanager
-def started(args, cwd=ROOT, env=None):
-    """A process for the length of the block, its output thrown away; stopped after, with its children."""
-    process = subprocess.Popen(
-        args,
-        cwd=cwd,
-        env=env or os.environ,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+def terminals(chapter, env):
+    """processes.Terminals in the chapter folder (its processes' output read and thrown away), for the block."""
+    started = processes.Terminals(ROOT / chapter, env)
     try:
-        yield process
+        yield started
     finally:
-        processes.stop_trees([process], 20)
+        started.stop()
 
 
 @contextmanager
 def redis_server():
     """A Redis of the benchmark's own, on a free port, keeping nothing."""
     server = processes.find_redis_server() or sys.exit("bench: no redis-server; ./run_all.sh bench installs one")
-    port = free_port()
-    with started(processes.redis_args(server, port)):
-        wait_until(lambda: processes.redis_answers(f"redis://127.0.0.1:{port}/0"), 10, "Redis")
-        yield f"redis://127.0.0.1:{port}/0"
+    redis = processes.RedisServer(server)
+    try:
+        yield redis.url
+    finally:
+        redis.stop()
 
 
 class Url(str):
@@ -100,34 +87,33 @@ def web(chapter, env, app="main:app", open_files=None):
     command = ["uvicorn", app, "--app-dir", str(ROOT / "bench" if app != "main:app" else folder)]
     if open_files:
         command = ["prlimit", f"--nofile={open_files}", "--", *command]
-    with started([*command, "--port", str(port), "--no-access-log"], folder, env | {"PYTHONPATH": str(folder)}) as p:
+    with terminals(chapter, env | {"PYTHONPATH": str(folder)}) as started:
+        process = started(*command, "--port", str(port), "--no-access-log", keep=False)
         url = Url(f"http://127.0.0.1:{port}")
-        url.pid = p.pid
-        wait_until(lambda: http_answers(f"{url}/"), 30, f"{chapter}'s web app")
+        url.pid = process.pid
+        wait_until(lambda: process.exited() or http_answers(f"{url}/"), 30, f"{chapter}'s web app")
         yield url
 
 
 @contextmanager
 def stand_in(chapter, env):
-    """Chapter 5's email service, as the reader starts it, at env's THIRD_PARTY_URL."""
-    url = env["THIRD_PARTY_URL"]
-    with started(
-        ["uvicorn", "third_party:app", "--port", url.rsplit(":", 1)[1], "--no-access-log"], ROOT / chapter, env
-    ):
-        wait_until(lambda: http_answers(f"{url}/openapi.json"), 30, "the email service's stand-in")
+    """The Procfile's email service's stand-in, at env's THIRD_PARTY_URL, with no access log."""
+    with terminals(chapter, env) as started:
+        started.line("third_party", extra=["--no-access-log"], keep=False)
         yield
 
 
 @contextmanager
 def worker(chapter, env, *args):
-    """The reader's worker command, once it answers a ping."""
-    with started(
-        ["celery", "-A", "main.celery", "worker", "--loglevel=warning", "--without-mingle", *args], ROOT / chapter, env
-    ):
-        from celery import Celery
+    """The Procfile's worker, logging warnings only (the last --loglevel counts), with `args`, once it answers a
+    ping."""
+    from celery import Celery
 
+    with terminals(chapter, env) as started:
+        extra = ["--loglevel=warning", "--without-mingle", *args]
+        process = started.line("worker", extra=extra, wait=False, keep=False)
         control = Celery(broker=env["CELERY_BROKER_URL"]).control
-        wait_until(lambda: control.ping(timeout=0.5), 30, "worker")
+        wait_until(lambda: process.exited() or control.ping(timeout=0.5), 30, "worker")
         yield
 
 

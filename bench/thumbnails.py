@@ -14,14 +14,26 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import redis
 import requests
 from celery import Celery
 from PIL import Image
 
-from common import ROOT, SHORT, chapter_env, free_port, machine, redis_server, stand_in, started, table, wait_until, web
+from common import (
+    ROOT,
+    SHORT,
+    chapter_env,
+    free_port,
+    machine,
+    redis_server,
+    stand_in,
+    table,
+    terminals,
+    wait_until,
+    web,
+)
 
 CHAPTER = ROOT / "ch09_thumbnails"
 UPLOADS = 20 if SHORT else 100
@@ -44,10 +56,10 @@ def photo():
 @contextmanager
 def workers(env, app, queues):
     """The Procfile's two workers, each consuming the queue given, once both answer a ping."""
-    with ExitStack() as stack:
+    with terminals(CHAPTER.name, env) as started:
         for name, queue in queues.items():
             command = ["celery", "-A", f"{app}.celery", "worker", "--loglevel=warning", "--without-mingle"]
-            stack.enter_context(started([*command, "-Q", queue, "-n", f"{name}@%h"], CHAPTER, env))
+            started(*command, "-Q", queue, "-n", f"{name}@%h", keep=False)
         control = Celery(broker=env["CELERY_BROKER_URL"]).control
         wait_until(lambda: len(control.ping(timeout=0.5)) == len(queues), 60, "both workers")
         yield

@@ -14,7 +14,8 @@ celery = Celery(
     "worker",
     broker=os.environ.get("CELERY_BROKER_URL", REDIS_URL),
     backend=os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL),
-    # The API tries Redis once more, not for 20 s: no Redis is a 503 at once. A worker waits (patient_worker).
+    # The API tries Redis once more, where Celery would go on for 20 s: with no Redis, a request gets its 503 at
+    # once. A worker waits for Redis as long as it takes (patient_worker, below).
     result_backend_transport_options={"retry_policy": {"max_retries": 1}},
 )
 
@@ -29,8 +30,10 @@ def patient_worker(conf, **kwargs):
 
 @celery.task
 def divide(x, y):
-    sleep(5)  # stands in for slow work, so you can watch the task go from PENDING to SUCCESS
+    # Stands in for slow work, so that you can watch the task go from PENDING to SUCCESS.
+    sleep(5)
     quotient = x / y
-    if math.isinf(quotient):  # 1e308 / 1e-308: JSON has no Infinity to store it as
+    # 1e308 / 1e-308 is inf, which JSON cannot store as a result: a clear error instead.
+    if math.isinf(quotient):
         raise OverflowError(f"{x} / {y} is too large for a float")
     return quotient

@@ -16,7 +16,8 @@ class BaseConfig:
     DEBUG = False
     CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
     CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
-    # The API tries Redis once more, not for 20 s: no Redis is a 503 at once. A worker waits (patient_worker).
+    # The API tries Redis once more, where Celery would go on for 20 s: with no Redis, a request gets its 503 at
+    # once. A worker waits for Redis as long as it takes (patient_worker, below).
     CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": {"max_retries": 1}}
 
 
@@ -39,8 +40,10 @@ class ProductionConfig(BaseConfig):
 class TestingConfig(BaseConfig):
     CELERY_BROKER_URL = "memory://"
     CELERY_RESULT_BACKEND = "cache+memory://"
-    CELERY_TASK_ALWAYS_EAGER = True  # .delay() runs the task right there: no broker, no worker
-    CELERY_TASK_STORE_EAGER_RESULT = True  # and keeps its result, for GET /tasks/{task_id}
+    # .delay() runs the task right there, in the caller: no broker, no worker. Its result is stored all the same, for
+    # GET /tasks/{task_id} to read.
+    CELERY_TASK_ALWAYS_EAGER = True
+    CELERY_TASK_STORE_EAGER_RESULT = True
 
 
 CONFIGS = {"development": DevelopmentConfig, "production": ProductionConfig, "testing": TestingConfig}

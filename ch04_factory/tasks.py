@@ -8,8 +8,10 @@ from celery import shared_task
 
 @shared_task
 def divide(x, y):
-    sleep(5)  # stands in for slow work, so you can watch the task go from PENDING to SUCCESS
+    # Stands in for slow work, so that you can watch the task go from PENDING to SUCCESS.
+    sleep(5)
     quotient = x / y
-    if math.isinf(quotient):  # 1e308 / 1e-308: JSON has no Infinity to store it as
+    # 1e308 / 1e-308 is inf, which JSON cannot store as a result: a clear error instead.
+    if math.isinf(quotient):
         raise OverflowError(f"{x} / {y} is too large for a float")
     return quotient

@@ -18,22 +18,24 @@ class BaseConfig:
     DEBUG = False
     CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
     CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
-    # The API tries Redis once more, not for 20 s: no Redis is a 503 at once. A worker waits (patient_worker).
+    # The API tries Redis once more, where Celery would go on for 20 s: with no Redis, a request gets its 503 at
+    # once. A worker waits for Redis as long as it takes (patient_worker, below).
     CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"retry_policy": {"max_retries": 1}}
-    CELERY_RESULT_EXTENDED = True  # a result keeps its task's retry count, for GET /tasks/{task_id}
+    # Each stored state keeps the task's retry count, for GET /tasks/{task_id} to report.
+    CELERY_RESULT_EXTENDED = True
     # A task leaves Redis when it ends, not when it starts, so a crash loses nothing; a task whose process was killed
     # is queued again at once; a worker holds only the tasks it runs, the rest wait in Redis.
     CELERY_TASK_ACKS_LATE = True
     CELERY_TASK_REJECT_ON_WORKER_LOST = True
     CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-    # No task runs past these, so none is held past the visibility_timeout below (README: "Time limits"): at 30 s
-    # SoftTimeLimitExceeded is raised in the task, which ends FAILURE; at 35 s its process is killed.
+    # No task runs past these, so none is held past the visibility_timeout below. At 30 s SoftTimeLimitExceeded is
+    # raised in the task, which ends FAILURE; at 35 s its process is killed (ch05_retry/README.md, "Time limits").
     CELERY_TASK_SOFT_TIME_LIMIT = 30
     CELERY_TASK_TIME_LIMIT = 35
-    # How a dead worker's tasks come back (see ch05_retry/README.md, "What a retry survives"): handed out again 60 s
-    # after it took them, more than the time limit plus the longest countdown; looked for every 10 s (interval x
-    # throttle, where kombu's default is 10 s x 10); by one worker at a time, under a lock that lapses in 10 s, not
-    # 5 min, if its worker dies.
+    # How a dead worker's tasks come back (ch05_retry/README.md, "What a retry survives"). Redis hands a task out
+    # again 60 s after a worker took it, longer than the time limit plus the longest countdown. Workers look for such
+    # tasks every 10 s (the interval times the throttle; kombu's default is 10 s times 10), one at a time, under a
+    # lock that lapses after 10 s, rather than 5 minutes, when its worker dies.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": 60,
         "unacked_restore_interval": 10,
@@ -66,8 +68,10 @@ class ProductionConfig(BaseConfig):
 class TestingConfig(BaseConfig):
     CELERY_BROKER_URL = "memory://"
     CELERY_RESULT_BACKEND = "cache+memory://"
-    CELERY_TASK_ALWAYS_EAGER = True  # .delay() runs the task right there: no broker, no worker
-    CELERY_TASK_STORE_EAGER_RESULT = True  # and keeps its result, for GET /tasks/{task_id}
+    # .delay() runs the task right there, in the caller: no broker, no worker. Its result is stored all the same, for
+    # GET /tasks/{task_id} to read.
+    CELERY_TASK_ALWAYS_EAGER = True
+    CELERY_TASK_STORE_EAGER_RESULT = True
 
 
 CONFIGS = {"development": DevelopmentConfig, "production": ProductionConfig, "testing": TestingConfig}

@@ -19,7 +19,8 @@ from pydantic import BaseModel
 DELAY = float(os.environ.get("THIRD_PARTY_DELAY", 5))
 
 app = FastAPI(title="Email marketing (a stand-in)")
-calls = Counter()  # per address, since this process started
+# The calls made for each address since this process started
+calls = Counter()
 
 
 class Subscriber(BaseModel):

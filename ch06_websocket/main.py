@@ -43,22 +43,25 @@ def start_import(mailing_list: MailingList):
 
 
 @router.get("/form", include_in_schema=False)
-def form():  # chapter 5's page: it polls
+def form():
+    """Chapter 5's page, which polls GET /tasks/{task_id}, to compare."""
     return FileResponse(Path(__file__).with_name("form.html"))
 
 
 @router.get("/form_ws", include_in_schema=False)
-def form_ws():  # this chapter's page: it listens
+def form_ws():
+    """The page that listens: each state is pushed to it over a WebSocket."""
     return FileResponse(Path(__file__).with_name("form_ws.html"))
 
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    # A body over 64 KiB gets a 413 before it is read.
     app = FastAPI(
         title="Chapter 6: WebSockets",
         version="ch06_websocket",
         debug=settings.DEBUG,
-        max_body_size=65_536,  # a bigger body gets a 413 before it is read
+        max_body_size=65_536,
         lifespan=lifespan,
     )
     app.state.settings = settings

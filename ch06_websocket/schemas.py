@@ -25,4 +25,5 @@ class Subscriber(BaseModel):
 
 
 class MailingList(BaseModel):
-    emails: list[Email] = Field(min_length=1, max_length=10)  # called together: the time of one call
+    # The addresses are called all at once, so that a list takes the time of one call, well within the time limit.
+    emails: list[Email] = Field(min_length=1, max_length=10)

@@ -9,36 +9,37 @@ import requests
 from celery import shared_task
 
 THIRD_PARTY_URL = os.environ.get("THIRD_PARTY_URL", "http://127.0.0.1:8010")
-COUNTDOWN = int(os.environ.get("RETRY_COUNTDOWN", 5))  # the guide's 5 s between tries; the tests wait less
+# The guide's 5 s between tries; RETRY_COUNTDOWN changes it (the tests wait less).
+COUNTDOWN = int(os.environ.get("RETRY_COUNTDOWN", 5))
 
 
 @shared_task
 def divide(x, y):
-    sleep(5)  # stands in for slow work, so you can watch the task go from PENDING to SUCCESS
+    # Stands in for slow work, so that you can watch the task go from PENDING to SUCCESS.
+    sleep(5)
     quotient = x / y
-    if math.isinf(quotient):  # 1e308 / 1e-308: JSON has no Infinity to store it as
+    # 1e308 / 1e-308 is inf, which JSON cannot store as a result: a clear error instead.
+    if math.isinf(quotient):
         raise OverflowError(f"{x} / {y} is too large for a float")
     return quotient
 
 
 def call_third_party(email):
     response = requests.post(f"{THIRD_PARTY_URL}/subscribe", json={"email": email}, timeout=10)
-    response.raise_for_status()  # a 503 is a RequestException, as a refused connection or a timeout are
+    # An error status (a 503) raises a RequestException, as a refused connection and a timeout do: the one kind of
+    # error the tasks retry.
+    response.raise_for_status()
     return response.json()
 
 
-# Bound: the task itself comes first, as self. After its third retry, retry() raises exc: the task's FAILURE.
+# Bound (bind=True): the task itself comes first, as self. After the third retry, retry() raises exc instead, and the
+# task ends FAILURE with the service's error.
 @shared_task(bind=True, max_retries=3)
 def subscribe(self, email):
     try:
         return call_third_party(email)
     except requests.RequestException as exc:
         raise self.retry(exc=exc, countdown=COUNTDOWN) from exc
-
-
-@shared_task(autoretry_for=(requests.RequestException,), max_retries=3, retry_backoff=COUNTDOWN, retry_jitter=False)
-def subscribe_with_backoff(email):  # the same, declared: retries after 5 s, then 10 s, then 20 s
-    return call_third_party(email)
 
 
 @shared_task(bind=True)

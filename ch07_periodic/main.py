@@ -45,17 +45,19 @@ def start_import(mailing_list: MailingList):
 
 
 @router.get("/form_ws", include_in_schema=False)
-def form_ws():  # chapter 6's page, which shows the email service's health too
+def form_ws():
+    """Chapter 6's page, which listens, with the email service's health above its forms."""
     return FileResponse(Path(__file__).with_name("form_ws.html"))
 
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    # A body over 64 KiB gets a 413 before it is read.
     app = FastAPI(
         title="Chapter 7: periodic tasks",
         version="ch07_periodic",
         debug=settings.DEBUG,
-        max_body_size=65_536,  # a bigger body gets a 413 before it is read
+        max_body_size=65_536,
         lifespan=lifespan,
     )
     app.state.settings = settings

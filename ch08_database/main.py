@@ -45,22 +45,25 @@ def start_import(mailing_list: MailingList):
 
 
 @router.get("/form_ws", include_in_schema=False)
-def form_ws():  # chapter 7's page: a task's every state, and the email service's health
+def form_ws():
+    """Chapter 7's page: a task's every state, and the email service's health."""
     return FileResponse(Path(__file__).with_name("form_ws.html"))
 
 
 @router.get("/form_users", include_in_schema=False)
-def form_users():  # this chapter's page: users stored, then subscribed
+def form_users():
+    """This chapter's page: users stored, then subscribed."""
     return FileResponse(Path(__file__).with_name("form_users.html"))
 
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    # A body over 64 KiB gets a 413 before it is read.
     app = FastAPI(
         title="Chapter 8: a database",
         version="ch08_database",
         debug=settings.DEBUG,
-        max_body_size=65_536,  # a bigger body gets a 413 before it is read
+        max_body_size=65_536,
         lifespan=lifespan,
     )
     app.state.settings = settings

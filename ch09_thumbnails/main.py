@@ -47,22 +47,25 @@ def start_import(mailing_list: MailingList):
 
 
 @router.get("/form_ws", include_in_schema=False)
-def form_ws():  # chapter 7's page: a task's every state, and the email service's health
+def form_ws():
+    """Chapter 7's page: a task's every state, and the email service's health."""
     return FileResponse(Path(__file__).with_name("form_ws.html"))
 
 
 @router.get("/form_avatar", include_in_schema=False)
-def form_avatar():  # this chapter's page: an upload, its states, then its thumbnail
+def form_avatar():
+    """This chapter's page: an upload, its states, then its thumbnail."""
     return FileResponse(Path(__file__).with_name("form_avatar.html"))
 
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    # A body over 64 KiB gets a 413 before it is read.
     app = FastAPI(
         title="Chapter 9: thumbnails",
         version="ch09_thumbnails",
         debug=settings.DEBUG,
-        max_body_size=65_536,  # a bigger body gets a 413 before it is read
+        max_body_size=65_536,
         lifespan=lifespan,
     )
     app.state.settings = settings

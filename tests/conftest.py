@@ -4,7 +4,6 @@ A test module names its chapter folder in CHAPTER; the fixtures below work on th
 are in helpers.py, scenarios.py and stacks.py beside this file, and in processes.py at the top of the repository.
 """
 
-import os
 import shutil
 import subprocess
 import urllib.parse
@@ -17,41 +16,32 @@ import redis
 # rewriting of this plugin module can fail on CPython 3.11.7 ("SystemError: AST constructor recursion depth mismatch").
 import schemathesis.specs.openapi.schemas  # noqa: F401
 
+import processes
 from helpers import (
-    CHAPTER_FOLDERS,
     CLEAN_ENV,
     POSTGRESQL,
     ROOT,
-    VENV_BIN,
-    RestartableRedis,
     Served,
     find_redis_server,
     import_chapter,
     missing,
-    url_answers,
 )
-from processes import Process, free_port, redis_args, wait_for
+from processes import RedisServer, Terminals, copy_of_the_repository, free_port, procfile, wait_for
 from stacks import Stack
 
 
 @pytest.fixture(scope="session")
 def redis_url():
     """A Redis server of the test session's own, on a free port: never the one on 6379."""
-    port = free_port()
-    server = Process(
-        redis_args(find_redis_server(), port),
-        cwd=ROOT,
-        env=os.environ,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    wait_for(lambda: redis.Redis.from_url(url).ping(), 10, "the test Redis")
-    yield url
+    server = RedisServer(find_redis_server())
+    yield server.url
     server.stop()
 
 
 @pytest.fixture
 def restartable_redis(tmp_path):
-    server = RestartableRedis(tmp_path)
+    """A Redis of one test's own, on a free port, that keeps its data across .stop() and .start() (.url, .port)."""
+    server = RedisServer(find_redis_server(), folder=tmp_path)
     yield server
     server.stop()
 
@@ -68,14 +58,7 @@ def chapter_env(redis_url, chapter):
 
     From chapter 5 on, the email service's stand-in is on a free port, and it and the retries wait 1 s, not 5.
     """
-    env = dict(CLEAN_ENV)
-    env.update(
-        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-        CELERY_BROKER_URL=redis_url,
-        CELERY_RESULT_BACKEND=redis_url,
-        FLOWER_UNAUTHENTICATED_API="true",
-        PYTHONUNBUFFERED="1",
-    )
+    env = processes.chapter_env(CLEAN_ENV, redis_url)
     if (chapter / "third_party.py").exists():
         env.update(THIRD_PARTY_URL=f"http://127.0.0.1:{free_port()}", THIRD_PARTY_DELAY="1", RETRY_COUNTDOWN="1")
     redis.Redis.from_url(redis_url).flushall()  # nothing left over from another chapter's tests
@@ -91,62 +74,48 @@ def main(chapter, chapter_env):
 
 @pytest.fixture(scope="module")
 def start(chapter, chapter_env):
-    """start(*args): run a reader's command inside the chapter folder; everything started is stopped afterwards."""
-    started = []
-
-    def start(*args, env=None):
-        process = Process(list(args), cwd=chapter, env={**chapter_env, **(env or {})})
-        started.append(process)
-        return process
-
-    yield start
-    for process in reversed(started):
-        process.stop()
+    """start(*args, env=None): run a reader's command inside the chapter folder; start.line(NAME, port=None,
+    node=None, ...): the Procfile's line NAME, once ready (processes.Terminals). Everything started is stopped
+    afterwards."""
+    terminals = Terminals(chapter, chapter_env)
+    yield terminals
+    terminals.stop()
 
 
 @pytest.fixture(scope="module")
 def worker(start):
-    """The reader's worker command, run inside the chapter folder, once it is ready for tasks."""
-    process = start("celery", "-A", "main.celery", "worker", "--loglevel=info")
-    process.wait_for_output(" ready.", timeout=30)
-    return process
+    """The Procfile's worker, run inside the chapter folder, once it is ready for tasks."""
+    return start.line("worker")
 
 
 @pytest.fixture(scope="module")
 def flower(start, worker):
-    """The reader's Flower command on a free port; returns its base URL once it answers."""
-    port = free_port()
-    start("celery", "-A", "main.celery", "flower", f"--port={port}")
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: url_answers(f"{url}/api/workers"), 30, "Flower")
-    return url
+    """The Procfile's Flower on a free port; returns its base URL once it answers."""
+    return start.line("flower", port=free_port()).url
 
 
 @pytest.fixture(scope="module")
 def third_party(start, chapter_env):
-    """The email service's stand-in, started as the reader starts it, on the port THIRD_PARTY_URL names."""
-    url = chapter_env["THIRD_PARTY_URL"]
-    process = start("uvicorn", "third_party:app", "--port", url.rsplit(":", 1)[1])
-    wait_for(lambda: url_answers(f"{url}/openapi.json"), 30, "the stand-in")
-    return process
+    """The email service's stand-in, the Procfile's third_party, on the port THIRD_PARTY_URL names."""
+    return start.line("third_party")
 
 
 @pytest.fixture(scope="module")
 def web(start):
-    """The reader's `uvicorn main:app` on a free port; its base URL once it answers."""
-    port = free_port()
-    url = Served(f"http://127.0.0.1:{port}")
-    url.process = start("uvicorn", "main:app", "--port", str(port))
-    wait_for(lambda: url_answers(f"{url}/"), 30, "the web app")
+    """The Procfile's web app (`uvicorn main:app --reload`) on a free port; its base URL (.process) once it answers."""
+    process = start.line("web", port=free_port())
+    url = Served(process.url)
+    url.process = process
     return url
 
 
 @pytest.fixture(scope="module")
 def migrated(start):
-    """`alembic upgrade head` on the empty database, as the reader runs it before the web app (from chapter
-    8 on); its output."""
-    process = start("alembic", "upgrade", "head")
-    wait_for(lambda: process.proc.poll() is not None, 60, "alembic upgrade head")
+    """The steps of the Procfile's web line (`alembic upgrade head`, from chapter 8 on) on the empty database, as
+    the reader runs them before the web app; their output."""
+    steps = next(line.steps for line in procfile(start.folder) if line.name == "web")
+    process = start("sh", "-c", steps)
+    wait_for(lambda: process.proc.poll() is not None, 60, steps)
     assert process.stop() == 0, process.output
     return process.output
 
@@ -224,12 +193,7 @@ def api_schema(chapter, chapter_env, redis_url):
 def repository_copy(tmp_path):
     """The runner and the chapters copied, .venv shared: a test that saves a chapter's file reloads only its own
     stack."""
-    for name in ["run_all.sh", "run_all.py", "processes.py", "requirements.txt", "requirements-dev.txt"]:
-        shutil.copy2(ROOT / name, tmp_path / name)
-    for name in CHAPTER_FOLDERS:
-        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
-    return tmp_path
+    return copy_of_the_repository(tmp_path)
 
 
 @pytest.fixture
@@ -244,7 +208,7 @@ def stack():
 
     yield start
     for running in stacks:
-        if running.process.proc.poll() is None and not running.hung_up:
+        if running.process.running() and not running.hung_up:
             running.ctrl_c()
         port = urllib.parse.urlsplit(running.env.get("REDIS_URL", "")).port
         if port:

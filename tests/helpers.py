@@ -1,6 +1,7 @@
 """Helpers for every chapter's tests: importing a chapter, reading a task's states, the checks each chapter repeats.
 
-Each returns data (or True) and leaves asserting to the test; the fixtures that use them are in conftest.py.
+Each returns data (or True) and leaves asserting to the test; the fixtures that use them are in conftest.py. Starting
+a chapter's processes, Redis included, is processes.py's (Terminals, RedisServer), shared with the benchmarks.
 """
 
 import importlib
@@ -14,18 +15,19 @@ from pathlib import Path
 
 import httpx2
 import pytest
-import redis
 import schemathesis
 from celery import _state
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
 import processes
-from processes import Process, free_port, wait_for
+from processes import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
-CELERY_FINALIZERS = set(_state._on_app_finalizers)  # Celery's built-in tasks, before any chapter adds its own
+VENV_BIN = processes.BIN
+# Celery's built-in tasks, which every new app takes on, before any chapter adds its own (@shared_task). Celery has no
+# public API to list or forget them: celery._state is private, here and in import_chapter().
+CELERY_FINALIZERS = set(_state._on_app_finalizers)
 CHAPTER_MODULES = {path.stem for path in ROOT.glob("ch[0-9][0-9]_*/*.py")}  # main, tasks, ...
 CHAPTER_FOLDERS = {path.name for path in ROOT.glob("ch[0-9][0-9]_*")}
 # The environment pytest started in, less what configures a chapter: each test sets what it needs. Read once, here,
@@ -45,29 +47,15 @@ def find_redis_server():
     return found
 
 
-class RestartableRedis:
-    """A Redis of one test's own, on a free port, that keeps its data in an append-only file across a restart."""
-
-    def __init__(self, folder):
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.args = processes.redis_args(find_redis_server(), self.port, folder)
-        self.start()
-
-    def start(self):
-        self.process = Process(self.args, ROOT, CLEAN_ENV)
-        wait_for(lambda: redis.Redis(port=self.port).ping(), 10, "Redis")
-
-    def stop(self):
-        self.process.stop()
-
-
 @contextmanager
 def import_chapter(folder, env):
     """Import a chapter's main module as `python` inside the folder would, and forget it afterwards.
 
-    Chapters share module names (main, tasks, ...) and Celery keeps global state (the current app, the tasks
-    every new app takes on), so all of it is saved before the import and put back after it.
+    Chapters share module names (main, tasks, ...) and Celery keeps global state: the current app, the default app,
+    the apps alive and the @shared_task tasks every new app takes on. Celery has no public API to forget them (an
+    app can be made current, not unmade): celery._state, private, is saved before the import and put back after
+    it. Unforgotten, one chapter's shared tasks would be taken on by the next chapter's app, beside its own of the
+    same names.
     """
     modules = {name: sys.modules.pop(name, None) for name in CHAPTER_MODULES}
     finalizers, apps = set(_state._on_app_finalizers), set(_state._apps)
@@ -98,6 +86,13 @@ def import_chapter(folder, env):
         os.environ.update(saved_env)
 
 
+def on_redis(env, redis_url, **settings):
+    """A chapter's environment moved to the Redis at redis_url, its email service's stand-in (if any) to a port of
+    its own; then `settings`."""
+    service = {"THIRD_PARTY_URL": f"http://127.0.0.1:{processes.free_port()}"} if "THIRD_PARTY_URL" in env else {}
+    return env | {"CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url} | service | settings
+
+
 def url_answers(url):
     return httpx2.get(url, timeout=2).status_code == 200
 
@@ -126,28 +121,29 @@ def run_all(*args, env=None, input="", timeout=120):
     )
 
 
-def status_when_done(client, task_id, timeout=15):
-    """GET /tasks/{task_id} until the task has left PENDING; its JSON."""
+ENDED = ("SUCCESS", "FAILURE")
+
+
+def statuses_until_done(client, task_id, timeout=30, path="/tasks/{}"):
+    """Every different JSON of GET path, in order, until the task's state is SUCCESS or FAILURE. path: the task's
+    status (/tasks/{id}), or a resource holding its task's status under "task" (/users/{id}); client: an httpx2
+    or FastAPI TestClient, or a base URL."""
+    get = client.get if hasattr(client, "get") else lambda path: httpx2.get(f"{client}{path}", timeout=10)
+    url, seen = path.format(task_id), []
 
     def done():
-        body = client.get(f"/tasks/{task_id}").json()
-        return body["state"] != "PENDING" and body
-
-    return wait_for(done, timeout, f"task {task_id}")
-
-
-def statuses_until_done(client, task_id, timeout=30):
-    """Every different JSON of GET /tasks/{task_id}, in order, until SUCCESS or FAILURE."""
-    seen = []
-
-    def done():
-        body = client.get(f"/tasks/{task_id}").json()
+        body = get(url).json()
         if not seen or seen[-1] != body:
             seen.append(body)
-        return body["state"] in ("SUCCESS", "FAILURE")
+        return body.get("task", body)["state"] in ENDED
 
-    wait_for(done, timeout, f"task {task_id} to finish")
+    wait_for(done, timeout, f"GET {url} to show the task ended")
     return seen
+
+
+def status_when_done(client, task_id, timeout=30, path="/tasks/{}"):
+    """The JSON of GET path once the task has ended (statuses_until_done)."""
+    return statuses_until_done(client, task_id, timeout, path)[-1]
 
 
 def bodies_over_64_kib_are_refused(client, path="/divide", body='{"x": 1, "y": 2}'):
@@ -187,12 +183,10 @@ def readme_has_current_diff(chapter):
 
 
 def start_workers(start, names=("one", "two")):
-    """Workers started as terminals start them, one for each name (two with one name would be one to Celery), once
-    each is ready; start is the `start` fixture."""
-    workers = [start("celery", "-A", "main.celery", "worker", "--loglevel=info", "-n", f"{n}@%h") for n in names]
-    for worker in workers:
-        worker.wait_for_output(" ready.", timeout=60)
-    return workers
+    """The Procfile's worker, in a terminal for each name (two with one name would be one to Celery), once each is
+    ready; start is the `start` fixture."""
+    workers = [start.line("worker", node=f"{name}@%h", wait=False) for name in names]
+    return [start.ready(worker) for worker in workers]
 
 
 def address(kind=""):

@@ -1,14 +1,12 @@
 """Scenarios two chapters share: Redis away, then back, with the chapter's own processes around it."""
 
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 
-import redis
 from fastapi.testclient import TestClient
 
-from helpers import ROOT, find_redis_server, import_chapter
-from processes import Process, free_port, wait_for
+from helpers import find_redis_server, import_chapter, on_redis
+from processes import RedisServer, Terminals, free_port, wait_for
 
 
 def assert_redis_down_then_back(chapter, env, requests=50):
@@ -23,11 +21,8 @@ def assert_redis_down_then_back(chapter, env, requests=50):
         expected = {"detail": f"Redis is unreachable: Error 111 connecting to 127.0.0.1:{port}. Connection refused."}
         assert {(r.status_code, r.text) for r in responses} == {(503, json.dumps(expected, separators=(",", ":")))}
 
-        server = Process(
-            [find_redis_server(), "--port", str(port), "--save", "", "--appendonly", "no"], ROOT, os.environ
-        )
+        server = RedisServer(find_redis_server(), port)
         try:
-            wait_for(lambda: redis.Redis(port=port).ping(), 10, "Redis back")
             assert client.post("/divide", json={"x": 1, "y": 2}).status_code == 200
             assert client.get("/tasks/no-such-task").json()["state"] == "PENDING"
         finally:
@@ -37,17 +32,11 @@ def assert_redis_down_then_back(chapter, env, requests=50):
 def assert_redis_away_holds_nothing_back(chapter, env, restartable_redis, emails):
     """Redis stops while the service is being called for emails[0], which fails once: its retry waits for Redis,
     the same worker runs it, and the other tasks, queued meanwhile, are not held back by a minute."""
-    env = env | {
-        "CELERY_BROKER_URL": restartable_redis.url,
-        "CELERY_RESULT_BACKEND": restartable_redis.url,
-        "THIRD_PARTY_URL": f"http://127.0.0.1:{free_port()}",
-        "THIRD_PARTY_DELAY": "1",
-    }
-    service = Process(["uvicorn", "third_party:app", "--port", env["THIRD_PARTY_URL"].rsplit(":", 1)[1]], chapter, env)
-    worker = Process(["celery", "-A", "main.celery", "worker", "--loglevel=info"], chapter, env)
+    env = on_redis(env, restartable_redis.url, THIRD_PARTY_DELAY="1")
+    terminals = Terminals(chapter, env)
     try:
-        worker.wait_for_output(" ready.", timeout=30)
-        service.wait_for_output("Uvicorn running on", timeout=30)
+        terminals.line("third_party")
+        worker = terminals.line("worker")
         with import_chapter(chapter, env) as main:
             task_ids = [main.subscribe.delay(email).id for email in emails]
             worker.wait_for_output(f"Task tasks.subscribe[{task_ids[0]}] received", timeout=10)
@@ -73,5 +62,4 @@ def assert_redis_away_holds_nothing_back(chapter, env, restartable_redis, emails
         assert worker.proc.poll() is None, worker.output  # the very worker that held the task through the outage
         assert f"Task tasks.subscribe[{task_ids[0]}] retry: Retry in " in worker.output
     finally:
-        worker.stop()
-        service.stop()
+        terminals.stop()

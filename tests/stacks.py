@@ -4,42 +4,14 @@ import fcntl
 import os
 import select
 import shutil
-import subprocess
 import termios
-import threading
 import uuid
-from pathlib import Path
 
 from helpers import CLEAN_ENV, ROOT
-from processes import Process, free_port, wait_for
+from processes import Process, free_port, tagged, wait_for
 
 # The shell the tests run ./run_all.sh with: Debian's dash where there is one, the strictest POSIX sh at hand.
 SH = shutil.which("dash") or "sh"
-
-
-def tagged_processes(tag):
-    """The live processes whose environment holds RUN_ALL_TAG=tag: whatever a run_all.sh started, in any session.
-
-    Linux: read from /proc. Elsewhere (macOS) from `ps -E`, which prints each process's environment after its
-    command; that branch has not been run here, only on Linux."""
-    if not Path("/proc/self/environ").exists():
-        ps = subprocess.run(["ps", "-A", "-E", "-ww", "-o", "pid=,stat=,command="], capture_output=True, text=True)
-        return [
-            line.split()[0]
-            for line in ps.stdout.splitlines()
-            if f"RUN_ALL_TAG={tag}" in line.split() and not line.split()[1].startswith("Z")
-        ]
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if (
-                f"RUN_ALL_TAG={tag}".encode() in (proc / "environ").read_bytes().split(b"\0")
-                and (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-            ):  # a zombie has exited
-                found.append(proc.name)
-        except OSError:
-            continue
-    return found
 
 
 class Stack:
@@ -60,33 +32,30 @@ class Stack:
         command = [SH, str(root / "run_all.sh"), chapter]
         if piped_to:  # sh run_all.sh CHAPTER | piped_to, typed at bash's prompt: one process group for all
             command = ["bash", "-c", f"{SH} {root / 'run_all.sh'} {chapter} 2>&1 | {piped_to}"]
-        proc = subprocess.Popen(
+        self.process = Process(  # its output read from the terminal
             command,
-            cwd=root,
-            env=env,
+            root,
+            env,
+            read=self.read_terminal(),
             stdin=tty,
             stdout=tty,
             stderr=tty,
-            start_new_session=True,
             preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
         )
         os.close(tty)
-        self.process = Process.__new__(Process)  # the same interface, fed from the terminal
-        self.process.args, self.process.proc, self.process.lines = proc.args, proc, []
-        self.process._reader = threading.Thread(target=self._read, daemon=True)
-        self.process._reader.start()
 
-    def _read(self):
+    def read_terminal(self):
+        """What the terminal shows, as it comes, until it is closed or every process holding it has exited."""
         while not self.hung_up:
             try:
                 if not select.select([self.terminal], [], [], 0.1)[0]:
                     continue
                 data = os.read(self.terminal, 4096)
             except OSError:  # EIO: every process holding the terminal has exited
-                break
+                return
             if not data:
-                break
-            self.process.lines.append(data.decode(errors="replace").replace("\r\n", "\n"))
+                return
+            yield data.decode(errors="replace").replace("\r\n", "\n")
 
     def wait_until_running(self, task_id, timeout=15):
         """Until a worker runs the task: received is not enough, a warm shutdown waits only for tasks it has started."""
@@ -108,13 +77,13 @@ class Stack:
     def wait_exit(self, timeout):
         """The script's exit code, once it and every process it started have exited."""
         self.process.proc.wait(timeout)
-        wait_for(lambda: not tagged_processes(self.tag), 30, "every process of run_all.sh to exit")
+        wait_for(lambda: not tagged(self.tag), 30, "every process of run_all.sh to exit")
         return self.process.proc.returncode
 
     def hang_up(self, timeout=90):
         """Close the terminal, as closing its window does: the kernel sends SIGHUP to what runs in it."""
         self.hung_up = True  # a read under way would keep the terminal open: the reader stops first
-        self.process._reader.join(5)
+        self.process.reader.join(5)
         os.close(self.terminal)
         return self.wait_exit(timeout)
 

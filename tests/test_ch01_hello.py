@@ -6,8 +6,9 @@ import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
+import processes
 from helpers import CLEAN_ENV, import_chapter, no_request_gets_a_server_error
-from processes import Process, free_port, wait_for
+from processes import Terminals, free_port, wait_for
 
 CHAPTER = "ch01_hello"
 
@@ -69,9 +70,8 @@ def test_the_task_was_run_by_the_worker_not_inline(main, client):
 def test_uvicorn_reload_restarts_the_worker_too(chapter, chapter_env, tmp_path):
     folder = shutil.copytree(chapter, tmp_path / CHAPTER, ignore=shutil.ignore_patterns("__pycache__"))
     port = free_port()
-    server = Process(["uvicorn", "main:app", "--reload", "--port", str(port)], cwd=folder, env=chapter_env)
+    server = Terminals(folder, chapter_env).line("web", port=port)  # uvicorn main:app --reload
     try:
-        server.wait_for_output("Application startup complete", timeout=20)
         assert httpx2.get(f"http://127.0.0.1:{port}/add?x=1&y=1").json() == {"1+1": 2}
 
         with open(folder / "tasks.py", "a") as tasks:
@@ -83,8 +83,7 @@ def test_uvicorn_reload_restarts_the_worker_too(chapter, chapter_env, tmp_path):
 
 
 def test_the_same_code_works_with_redis(chapter, redis_url):
-    env = {**CLEAN_ENV, "CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url}
-    with import_chapter(chapter, env) as main, TestClient(main.app) as client:
+    with import_chapter(chapter, processes.chapter_env(CLEAN_ENV, redis_url)) as main, TestClient(main.app) as client:
         assert main.celery.conf.broker_url == redis_url
         assert client.get("/add", params={"x": 20, "y": 22}).json() == {"20+22": 42}
 

@@ -1,4 +1,4 @@
-"""ch03_divide, in the order of its README: the diff, the worker, the guide's shell session, Flower, the HTTP API."""
+"""ch03_divide, in the order of its README: the worker, the guide's shell session, Flower, the HTTP API, the diff."""
 
 import httpx2
 import pytest
@@ -15,10 +15,6 @@ from processes import wait_for
 from scenarios import assert_redis_down_then_back
 
 CHAPTER = "ch03_divide"
-
-
-def test_readme_shows_the_current_diff(chapter):
-    assert readme_has_current_diff(chapter)
 
 
 def test_the_api_names_its_chapter(main):
@@ -184,3 +180,7 @@ def test_without_redis_the_api_says_so_and_recovers(chapter, chapter_env):
 
 def test_no_request_gets_a_server_error(api_schema):
     assert no_request_gets_a_server_error(api_schema)
+
+
+def test_readme_shows_the_current_diff(chapter):
+    assert readme_has_current_diff(chapter)

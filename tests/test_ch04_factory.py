@@ -1,4 +1,4 @@
-"""ch04_factory, in the order of its README: the diff, the factory, FASTAPI_CONFIG, the testing flow, the worker."""
+"""ch04_factory, in the order of its README: the factory, FASTAPI_CONFIG, the testing flow, the worker, and the diff."""
 
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,10 +18,6 @@ from processes import wait_for
 from scenarios import assert_redis_down_then_back
 
 CHAPTER = "ch04_factory"
-
-
-def test_readme_shows_the_current_diff(chapter):
-    assert readme_has_current_diff(chapter)
 
 
 def test_the_api_names_its_chapter(main):
@@ -185,3 +181,7 @@ def test_run_all_shell_imports_the_factory(redis_url):
 
 def test_no_request_gets_a_server_error(api_schema):
     assert no_request_gets_a_server_error(api_schema)
+
+
+def test_readme_shows_the_current_diff(chapter):
+    assert readme_has_current_diff(chapter)

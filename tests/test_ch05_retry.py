@@ -1,11 +1,12 @@
-"""ch05_retry, in the order of its README: the problem, the diff, the stand-in, the retrying task, the page, and
-what a retry survives.
+"""ch05_retry, in the order of its README: the tasks and their states, the problem, the stand-in, the retry numbers,
+bad input, the page, what a retry survives, and the diff.
 
 The stand-in and the retries wait 1 s here, not 5 (chapter_env); the tests of run_all.sh keep the guide's 5 s countdown.
 """
 
 import importlib
 import os
+import shlex
 import shutil
 import signal
 
@@ -21,13 +22,15 @@ from helpers import (
     bodies_over_64_kib_are_refused,
     import_chapter,
     no_request_gets_a_server_error,
+    on_redis,
     readme_has_current_diff,
+    status_when_done,
     statuses_until_done,
     unavailable,
 )
 from limits import longest_hold
 from outage import ByHand
-from processes import Process, free_port, wait_for
+from processes import Terminals, free_port, wait_for
 from scenarios import assert_redis_away_holds_nothing_back, assert_redis_down_then_back
 
 CHAPTER = "ch05_retry"
@@ -39,35 +42,19 @@ def client(main):
         yield client
 
 
-def test_calling_the_service_inside_a_request_takes_its_time_and_its_failure(main, third_party):
-    call_third_party = importlib.import_module("tasks").call_third_party  # the chapter's, imported by main
-    email = address("+fail1")
-    with pytest.raises(requests.HTTPError, match="^503 Server Error: Service Unavailable for url: "):
-        call_third_party(email)
-    third_party.wait_for_output(f"{email}, call 1: 503 unavailable", timeout=5)  # the answer the caller waited for
-    assert call_third_party(email) == {"subscribed": email}
-
-
-def test_readme_shows_the_current_diff(chapter):
-    assert readme_has_current_diff(chapter)
-
-
 def test_the_api_names_its_chapter(main):
     info = TestClient(main.app).get("/openapi.json").json()["info"]
     assert info == {"title": "Chapter 5: retries", "version": "ch05_retry"}
 
 
-def test_the_stand_in_fails_on_demand(third_party, chapter_env):
-    url = f"{chapter_env['THIRD_PARTY_URL']}/subscribe"
-    fail2, down = address("+fail2"), address("+down")
-    assert [requests.post(url, json={"email": fail2}).status_code for _ in range(3)] == [503, 503, 200]
-    assert [requests.post(url, json={"email": down}).status_code for _ in range(2)] == [503, 503]
-    assert requests.post(url, json={"email": fail2}).json() == {"subscribed": fail2}
-
-
 def test_the_worker_lists_the_tasks(worker):
     assert "[tasks]\n  . tasks.divide\n  . tasks.subscribe\n  . tasks.subscribe_with_backoff\n" in worker.output
     assert "Deprecat" not in worker.output
+
+
+def test_divide_still_works(client, worker):
+    task_id = client.post("/divide", json={"x": 1, "y": 4}).json()["task_id"]
+    assert status_when_done(client, task_id)["result"] == 0.25
 
 
 def test_subscribe_answers_before_the_service_does(client, worker, third_party):
@@ -114,6 +101,23 @@ def test_an_address_that_works_never_retries(client, worker, third_party):
         "result": {"subscribed": email},
         "error": None,
     }
+
+
+def test_calling_the_service_inside_a_request_takes_its_time_and_its_failure(main, third_party):
+    call_third_party = importlib.import_module("tasks").call_third_party  # the chapter's, imported by main
+    email = address("+fail1")
+    with pytest.raises(requests.HTTPError, match="^503 Server Error: Service Unavailable for url: "):
+        call_third_party(email)
+    third_party.wait_for_output(f"{email}, call 1: 503 unavailable", timeout=5)  # the answer the caller waited for
+    assert call_third_party(email) == {"subscribed": email}
+
+
+def test_the_stand_in_fails_on_demand(third_party, chapter_env):
+    url = f"{chapter_env['THIRD_PARTY_URL']}/subscribe"
+    fail2, down = address("+fail2"), address("+down")
+    assert [requests.post(url, json={"email": fail2}).status_code for _ in range(3)] == [503, 503, 200]
+    assert [requests.post(url, json={"email": down}).status_code for _ in range(2)] == [503, 503]
+    assert requests.post(url, json={"email": fail2}).json() == {"subscribed": fail2}
 
 
 def test_async_result_retries_counts_the_retries_before_the_current_run(main, worker, third_party):
@@ -253,13 +257,12 @@ def test_a_pending_retry_survives_a_reload_and_a_restart(stack, repository_copy)
         ch05.process.wait_for_output(f"Task tasks.subscribe[{task_id}] retry: Retry in 5s: HTTPError(", timeout=15)
         return task_id
 
-    def state(task_id, web):
-        return httpx2.get(f"{web}/tasks/{task_id}").json()["state"]
-
     reloaded = subscribe_and_wait_for_the_retry()
     os.utime(repository_copy / CHAPTER / "tasks.py")  # what saving the file does
     ch05.process.wait_for_output("run_all.sh: tasks.py changed: restarting worker", timeout=10)
-    wait_for(lambda: state(reloaded, ch05.web) == "SUCCESS", 30, "the retry, run by the reloaded worker")
+    assert status_when_done(ch05.web, reloaded)["state"] == "SUCCESS"  # the retry, run by the reloaded worker
+    # The worker logs the success after it stored it, and the line then comes through run_all.sh's pipe
+    ch05.process.wait_for_output(f"Task tasks.subscribe[{reloaded}] succeeded", timeout=10)
     output = ch05.process.output
     assert (
         output.index("run_all.sh: tasks.py changed: restarting worker")
@@ -271,7 +274,7 @@ def test_a_pending_retry_survives_a_reload_and_a_restart(stack, repository_copy)
     assert ch05.ctrl_c() == 130
     again = stack("5", root=repository_copy, **env)
     again.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
-    wait_for(lambda: state(restarted, again.web) == "SUCCESS", 30, "the retry, run after the restart")
+    assert status_when_done(again.web, restarted)["state"] == "SUCCESS"  # the retry, run after the restart
 
 
 def test_while_redis_is_away_a_retry_waits_and_no_task_is_held_back(chapter, chapter_env, restartable_redis):
@@ -288,21 +291,11 @@ def test_a_killed_worker_and_a_restarted_redis_lose_no_task(chapter, chapter_env
     The workers run in a copy of the chapter, so that the reload does not reach other tests' processes.
     """
     folder = shutil.copytree(chapter, tmp_path / CHAPTER, ignore=shutil.ignore_patterns("__pycache__"))
-    env = chapter_env | {
-        "CELERY_BROKER_URL": restartable_redis.url,
-        "CELERY_RESULT_BACKEND": restartable_redis.url,
-        "THIRD_PARTY_URL": f"http://127.0.0.1:{free_port()}",
-        "THIRD_PARTY_DELAY": "0.2",
-    }
-    started = []
+    env = on_redis(chapter_env, restartable_redis.url, THIRD_PARTY_DELAY="0.2")
+    terminals = Terminals(folder, env)
     try:
-        started.append(
-            Process(["uvicorn", "third_party:app", "--port", env["THIRD_PARTY_URL"].rsplit(":", 1)[1]], folder, env)
-        )
-        first = Process(
-            ["celery", "-A", "main.celery", "worker", "--loglevel=info"], folder, env, start_new_session=True
-        )
-        started.append(first)
+        terminals.line("third_party")
+        first = terminals.line("worker", wait=False)
         emails = [address("+fail1" if n % 5 == 0 else "") for n in range(50)]
         with import_chapter(chapter, env) as main:
             client = TestClient(main.app)
@@ -310,19 +303,7 @@ def test_a_killed_worker_and_a_restarted_redis_lose_no_task(chapter, chapter_env
             first.wait_for_output(" succeeded in ", timeout=30)
             os.killpg(first.proc.pid, signal.SIGKILL)  # the worker and its pool, mid-task
 
-            second = Process(
-                [
-                    "watchfiles",
-                    "--filter",
-                    "python",
-                    "--sigint-timeout",
-                    "60",
-                    "celery -A main.celery worker --loglevel=info",
-                ],
-                folder,
-                env,
-            )
-            started.append(second)
+            second = terminals("watchfiles", "--filter", "python", "--sigint-timeout", "60", shlex.join(first.args))
             second.wait_for_output(" ready.", timeout=30)
             restartable_redis.stop()
             restartable_redis.start()  # the same data, read back from the append-only file
@@ -353,8 +334,7 @@ def test_a_killed_worker_and_a_restarted_redis_lose_no_task(chapter, chapter_env
             assert set(unfinished().values()) <= {"PENDING"}, unfinished()
         assert "Unrecoverable error" not in second.output
     finally:
-        for process in reversed(started):
-            process.stop()
+        terminals.stop()
 
 
 def test_without_redis_the_api_says_so_and_recovers(chapter, chapter_env):
@@ -363,3 +343,7 @@ def test_without_redis_the_api_says_so_and_recovers(chapter, chapter_env):
 
 def test_no_request_gets_a_server_error(api_schema):
     assert no_request_gets_a_server_error(api_schema)
+
+
+def test_readme_shows_the_current_diff(chapter):
+    assert readme_has_current_diff(chapter)

@@ -1,5 +1,5 @@
-"""ch06_websocket, in the order of its README: the diff, the messages a WebSocket client gets, many clients, a client
-that leaves, the page, and what chapter 5 had.
+"""ch06_websocket, in the order of its README: the messages a WebSocket client gets, many clients, a client that
+leaves, the page, what chapter 5 had, and the diff.
 
 Real clients (the websockets package and Chromium) talk to the reader's `uvicorn main:app`; the stand-in answers
 in 0.1 s here, so that a hundred tasks take seconds.
@@ -30,7 +30,7 @@ from helpers import (
 )
 from limits import longest_hold
 from outage import ByHand
-from processes import Process, free_port, wait_for
+from processes import Terminals, free_port, wait_for
 from scenarios import assert_redis_away_holds_nothing_back, assert_redis_down_then_back
 
 CHAPTER = "ch06_websocket"
@@ -69,10 +69,6 @@ def run_async(coroutine):
     """asyncio.run() in a thread of its own: once a browser test ran, Playwright keeps an event loop in this one."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coroutine).result()
-
-
-def test_readme_shows_the_current_diff(chapter):
-    assert readme_has_current_diff(chapter)
 
 
 def test_the_api_names_its_chapter(main):
@@ -311,13 +307,10 @@ def test_chapter_5s_page_and_api_still_work(web, worker, third_party):
 
 def start_web(chapter_env, redis_url, open_files=None):
     """The reader's `uvicorn main:app` on Redis at redis_url, under `ulimit -n open_files` if given; its URL."""
-    port = free_port()
     env = chapter_env | {"CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url}
     limit = open_files and (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files)))
-    process = Process(["uvicorn", "main:app", "--port", str(port)], ROOT / CHAPTER, env, preexec_fn=limit)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx2.get(f"{url}/").status_code == 200, 30, "the web app")
-    return url, process
+    process = Terminals(ROOT / CHAPTER, env).line("web", port=free_port(), preexec_fn=limit)
+    return process.url, process
 
 
 def closed_with(url):
@@ -423,7 +416,7 @@ def test_a_client_too_far_behind_is_closed_and_the_others_are_not_delayed(web, r
 
 def test_no_task_outlives_the_visibility_timeout(chapter, chapter_env):
     run, countdown, visibility_timeout = longest_hold(chapter, chapter_env)
-    assert (run, countdown, visibility_timeout) == (35, 20, 60)
+    assert (run, countdown, visibility_timeout) == (35, 5, 60)
     assert run + countdown < visibility_timeout
 
 
@@ -463,3 +456,7 @@ def test_run_all_runs_the_chapter(stack, redis_url):
     ch06.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
     assert f"    page         {ch06.web}/form\n    page         {ch06.web}/form_ws\n" in ch06.process.output
     assert ch06.ctrl_c() == 130
+
+
+def test_readme_shows_the_current_diff(chapter):
+    assert readme_has_current_diff(chapter)

@@ -34,6 +34,7 @@ from helpers import (
     no_request_gets_a_server_error,
     readme_has_current_diff,
     start_workers,
+    status_when_done,
     url_answers,
 )
 from processes import free_port, wait_for
@@ -85,12 +86,7 @@ def new_user(web, email, name="Ann"):
 
 def when_subscribed(web, user_id, timeout=20):
     """GET /users/{id}, once its task has ended."""
-
-    def ended():
-        body = httpx2.get(f"{web}/users/{user_id}").json()
-        return body["task"]["state"] in ("SUCCESS", "FAILURE") and body
-
-    return wait_for(ended, timeout, f"user {user_id}'s task to end")
+    return status_when_done(web, user_id, timeout, path="/users/{}")
 
 
 def task_status(web, task_id):

