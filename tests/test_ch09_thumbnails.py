@@ -191,11 +191,14 @@ def test_image_tasks_run_on_the_images_worker_and_subscriptions_on_the_other(web
 
 
 def test_the_last_upload_wins_whatever_order_the_thumbnails_end_in(web, workers, media):
-    """A big PNG, then a small JPEG: the small one's thumbnail ends first, the big one's last, and the user keeps the
-    small one's; nothing of the big one is kept. A third upload then replaces the second, whose files go."""
+    """A big PNG, then, while its thumbnail is being made, a small JPEG: the small one's thumbnail ends first, the big
+    one's last, and the user keeps the small one's; nothing of the big one is kept. A third upload then replaces the
+    second, whose files go."""
     user_id = new_user(web)
     before = set(media.rglob("*"))
-    big, small = (upload(web, user_id, data).json()["task_id"] for data in (image("PNG", size=(3500, 3500)), image()))
+    big = upload(web, user_id, image("PNG", size=(3500, 3500))).json()["task_id"]
+    wait_for(lambda: httpx2.get(f"{web}/tasks/{big}").json()["state"] == "STARTED", 10, "the big one's thumbnail")
+    small = upload(web, user_id, image(size=(64, 48))).json()["task_id"]
     superseded, last = status_when_done(web, big), status_when_done(web, small)
     output = workers["images"].output
     assert output.index(f"make_thumbnail[{small}] succeeded") < output.index(f"make_thumbnail[{big}] succeeded")
