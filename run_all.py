@@ -24,8 +24,8 @@ never by chapter:
   Flower) and `--without-mingle`; it runs WORKERS times (1 to 99, default 1; NAME-1, NAME-2...).
 - `celery ... flower` listens too (NAME_PORT, else the line's `--port`, else 5555), and starts once every worker
   has said it is ready. A server is ready once it answers GET /; that request's line in its log is not shown.
-- Every other `celery` line (workers, `celery ... beat`) is restarted when a .py file of the chapter changes,
-  warm: its running tasks finish first (up to 60 s).
+- Every other `celery` line (workers, `celery ... beat`) is restarted when a .py file of the chapter changes
+  (not of its tests/), warm: its running tasks finish first (up to 60 s).
 - Anything else runs as written.
 
 Redis: when a line runs celery, REDIS_URL (default redis://127.0.0.1:6379/0) is used if it answers; if it is a local
@@ -60,9 +60,9 @@ REDIS_RESTART_SECONDS = 5  # long enough to watch the worker wait for Redis
 
 USAGE = """\
 Usage: ./run_all.sh CHAPTER          run the chapter: Redis, worker and web app (both reloaded on change), Flower
-       ./run_all.sh test [ARGS]      run the test suite (ARGS go to pytest)
+       ./run_all.sh test [ARGS]      run the test suite (ARGS go to pytest); test CHAPTER [ARGS]: the chapter's own
        ./run_all.sh shell CHAPTER    a Python shell inside the chapter, its main module imported
-       ./run_all.sh diff CHAPTER     what the chapter changed since the chapter before (its .py and .html files)
+       ./run_all.sh diff CHAPTER     what the chapter changed since the chapter before (its .py, .html and tests/)
        ./run_all.sh bench [NAME]     run the benchmarks, or the one named (enqueue, responsive, push, startup,
                                      thumbnails); --short: a quick pass of each
 
@@ -145,7 +145,12 @@ def show_diff(chapter):
         raise Stop(f"{chapter} is the first chapter; there is nothing before it to compare with")
     previous = names[names.index(chapter) - 1]
     files = sorted(
-        {p.name for folder in (previous, chapter) for ext in ("py", "html") for p in (ROOT / folder).glob(f"*.{ext}")}
+        {
+            str(p.relative_to(ROOT / folder))
+            for folder in (previous, chapter)
+            for pattern in ("*.py", "*.html", "tests/*.py")  # from chapter 10 on, a chapter's own tests too
+            for p in (ROOT / folder).glob(pattern)
+        }
     )
     for name in files:
         old, new = f"{previous}/{name}", f"{chapter}/{name}"
@@ -200,6 +205,13 @@ def run_tests(args):
         raise Stop(NO_REDIS)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.chdir(ROOT)
+    if args and re.fullmatch(r"ch[0-9]{2}\w*", args[0]):  # a chapter's own suite, run inside it as a reader runs it
+        chapter, args = resolve(args[0]), args[1:]
+        if not (ROOT / chapter / "pytest.ini").exists():
+            raise Stop(
+                f"{chapter} has no tests of its own; the repository's: ./run_all.sh test tests/test_{chapter}.py"
+            )
+        os.chdir(ROOT / chapter)
     os.execv(sys.executable, [sys.executable, "-m", "pytest", *args])
 
 
@@ -474,8 +486,11 @@ def banner(stack):
 
 
 def sources(folder):
+    """The chapter's .py files and when each last changed; not its own tests (tests/, from chapter 10 on)."""
     found = {}
     for path in folder.rglob("*.py"):
+        if path.relative_to(folder).parts[0] == "tests":
+            continue
         try:
             found[path] = path.stat().st_mtime_ns
         except OSError:

@@ -1,4 +1,5 @@
-"""The web process's one Redis subscriber, shared by every WebSocket (README: "One Redis connection for every socket").
+"""The web process's one Redis subscriber, shared by every WebSocket
+(ch06_websocket/README.md, "One Redis connection for every socket").
 
 A channel is subscribed when its first watcher comes and unsubscribed when its last goes; each watcher reads a
 queue of its own, bounded, so a slow client holds up no other.

@@ -2,7 +2,8 @@
 bytes; the task makes the thumbnail with Pillow and records its address on the user, served under /media/thumbnails/.
 
 The task's name starts with `images.`: config.py's CELERY_TASK_ROUTES sends it to the `images` queue, which a worker
-of its own consumes (README: "Two queues"). What is checked where, and why: README, "Uploads, safely".
+of its own consumes (ch09_thumbnails/README.md, "Two queues"). What is checked where, and why:
+ch09_thumbnails/README.md, "Uploads, safely".
 """
 
 import os
@@ -26,15 +27,16 @@ from users import DB, UNAVAILABLE, UserId
 
 MAX_UPLOAD = 10 * 1024 * 1024  # bytes; every other route keeps the app's 64 KiB
 # The formats read, each with the most pixels an avatar may have in it, so that decoding one costs a worker's process
-# 100 MB at most (README: "Memory"). A JPEG is decoded at the smallest scale the thumbnail allows, down to an eighth a
-# side: a 48-megapixel photo costs a few megabytes. The others are decoded whole, a PNG at up to 8 bytes a pixel, a
-# WebP at up to 16.
+# 100 MB at most (ch09_thumbnails/README.md, "Memory"). A JPEG is decoded at the smallest scale the thumbnail allows,
+# down to an eighth a side: a 48-megapixel photo costs a few megabytes. The others are decoded whole, a PNG at up to 8
+# bytes a pixel, a WebP at up to 16.
 MAX_PIXELS = {"JPEG": 50_000_000, "PNG": 12_500_000, "GIF": 12_500_000, "WEBP": 6_250_000}
 FORMATS = tuple(MAX_PIXELS)  # Pillow's readers for these only: none of the rarely used, rarely safe ones
 SIZE = (128, 128)  # the thumbnail fits in this box, its proportions kept
 UPLOADS, THUMBNAILS = get_settings().MEDIA_ROOT / "uploads", get_settings().MEDIA_ROOT / "thumbnails"
 # More pixels than Image.MAX_IMAGE_PIXELS (89.5 million) is an error, in this whole process: Pillow only warns below
-# twice that, and a PNG of 12 kB can hold 100 million pixels, 300 MB once decoded in colour (README: "Uploads, safely").
+# twice that, and a PNG of 12 kB can hold 100 million pixels, 300 MB once decoded in colour
+# (ch09_thumbnails/README.md, "Uploads, safely").
 warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 images_router = APIRouter()
@@ -67,7 +69,8 @@ def upload_avatar(user_id: UserId, file: UploadFile, session: DB):
     try:
         check(upload)
         # From now on this upload is the user's avatar, committed before its task is sent: of two uploads, the task of
-        # the last one alone records its thumbnail, whichever ends first (README: "The last upload wins")
+        # the last one alone records its thumbnail, whichever ends first
+        # (ch09_thumbnails/README.md, "The last upload wins")
         session.execute(update(User).where(User.id == user_id).values(avatar_upload=upload.name))
         session.commit()
     except BadImage as exc:

@@ -1,4 +1,4 @@
-"""Chapter 9: a user's avatar, made a thumbnail by a task on a queue of its own, so that uploads delay no subscription.
+"""Chapter 10: chapter 9's app, unchanged, with a test suite of its own in tests/: `pytest`, inside this folder.
 
 Run: uvicorn third_party:app --port 8010, celery -A main.celery worker --loglevel=info -Q celery -n celery@%h,
 celery -A main.celery worker --loglevel=info -Q images -n images@%h --max-memory-per-child=150000,
@@ -62,8 +62,8 @@ def create_app() -> FastAPI:
     settings = get_settings()
     # A body over 64 KiB gets a 413 before it is read.
     app = FastAPI(
-        title="Chapter 9: thumbnails",
-        version="ch09_thumbnails",
+        title="Chapter 10: testing",
+        version="ch10_testing",
         debug=settings.DEBUG,
         max_body_size=65_536,
         lifespan=lifespan,

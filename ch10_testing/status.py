@@ -2,7 +2,7 @@
 
 The Redis result backend publishes each state it stores on a channel named after the result's key, so the
 WebSocket listens on that channel: the worker needs no code of its own to push. One pub/sub connection serves
-every socket of the web process (README: "One Redis connection for every socket").
+every socket of the web process (ch06_websocket/README.md, "One Redis connection for every socket").
 """
 
 import asyncio

@@ -5,6 +5,7 @@ a chapter's processes, Redis included, is processes.py's (Terminals, RedisServer
 """
 
 import importlib
+import importlib.util
 import itertools
 import os
 import subprocess
@@ -35,6 +36,18 @@ CHAPTER_FOLDERS = {path.name for path in ROOT.glob("ch[0-9][0-9]_*")}
 CLEAN_ENV = processes.clean_env()
 # The PostgreSQL of these machines and CI: trust authentication, user postgres, a database "test"
 POSTGRESQL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def chapter_tests_module(path):
+    """A module of a chapter's own tests (chapter 10 on), imported from its file: a chapter's tests/ is no package."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The images the tests upload, made with Pillow: the very module chapter 10's own suite makes its images with
+pictures = chapter_tests_module(ROOT / "ch10_testing" / "tests" / "pictures.py")
 
 
 def find_redis_server():

@@ -25,6 +25,7 @@ from helpers import (
     address,
     bodies_over_64_kib_are_refused,
     no_request_gets_a_server_error,
+    pictures,
     readme_has_current_diff,
     status_when_done,
 )
@@ -57,40 +58,6 @@ def workers(chapter, start, migrated, third_party):
     """The Procfile's two workers, `celery` and `images`, each in a terminal of its own, once both are ready."""
     started = {name: start.line(name, wait=False) for name in ("worker", "images")}
     return {name: start.ready(process) for name, process in started.items()}
-
-
-def image(fmt="JPEG", size=(640, 480), mode="RGB", **save):
-    """An image made here: a gradient, so that a JPEG of it is not all one colour."""
-    picture = Image.linear_gradient("L").resize(size).convert(mode)
-    data = io.BytesIO()
-    picture.save(data, fmt, **save)
-    return data.getvalue()
-
-
-def portrait_photo():
-    """A 640 x 480 JPEG that a phone held upright took: its EXIF says to turn it a quarter (orientation 6)."""
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    return image(exif=exif)
-
-
-def damaged_png():
-    """A PNG with one byte of its pixels changed: its checksum no longer matches."""
-    data = bytearray(image("PNG", size=(64, 64)))
-    data[data.find(b"IDAT") + 10] ^= 0xFF
-    return bytes(data)
-
-
-def blank_png(size):
-    """A black and white PNG, all black: a few kB, whatever its size in pixels."""
-    data = io.BytesIO()
-    Image.new("1", size).save(data, "PNG")
-    return data.getvalue()
-
-
-def decompression_bomb():
-    """A 10,000 x 10,000 PNG of 12 kB: 100 million pixels, more than Pillow's limit (89.5 million)."""
-    return blank_png((10_000, 10_000))
 
 
 def new_user(web):
@@ -145,7 +112,7 @@ def test_the_migration_adds_thumbnail_url(migrated, start):
 
 
 def test_an_avatar_becomes_a_thumbnail_served_under_media(web, workers, media):
-    status, user = thumbnail_of(web, image(size=(640, 480)), filename="../../photo.jpg")
+    status, user = thumbnail_of(web, pictures.image(size=(640, 480)), filename="../../photo.jpg")
     url = user["thumbnail_url"]
     assert status == {
         "task_id": status["task_id"],
@@ -165,7 +132,7 @@ def test_an_avatar_becomes_a_thumbnail_served_under_media(web, workers, media):
 
 
 def test_the_states_are_pushed_over_the_websocket(web, workers):
-    task_id = upload(web, new_user(web), image(size=(2000, 1500))).json()["task_id"]
+    task_id = upload(web, new_user(web), pictures.image(size=(2000, 1500))).json()["task_id"]
     with connect(f"ws{web.removeprefix('http')}/ws/task_status/{task_id}", open_timeout=10) as websocket:
         pushed = [json.loads(message) for message in websocket]
     states = [status["state"] for status in pushed]
@@ -175,7 +142,7 @@ def test_the_states_are_pushed_over_the_websocket(web, workers):
 
 def test_image_tasks_run_on_the_images_worker_and_subscriptions_on_the_other(web, workers, main):
     user_id = new_user(web)
-    task_id = upload(web, user_id, image()).json()["task_id"]
+    task_id = upload(web, user_id, pictures.image()).json()["task_id"]
     assert status_when_done(web, task_id)["state"] == "SUCCESS"
     subscription = httpx2.get(f"{web}/users/{user_id}").json()["task"]["task_id"]
     wait_for(lambda: status_when_done(web, subscription), 30, "the subscription")
@@ -196,9 +163,9 @@ def test_the_last_upload_wins_whatever_order_the_thumbnails_end_in(web, workers,
     second, whose files go."""
     user_id = new_user(web)
     before = set(media.rglob("*"))
-    big = upload(web, user_id, image("PNG", size=(3500, 3500))).json()["task_id"]
+    big = upload(web, user_id, pictures.image("PNG", size=(3500, 3500))).json()["task_id"]
     wait_for(lambda: httpx2.get(f"{web}/tasks/{big}").json()["state"] == "STARTED", 10, "the big one's thumbnail")
-    small = upload(web, user_id, image(size=(64, 48))).json()["task_id"]
+    small = upload(web, user_id, pictures.image(size=(64, 48))).json()["task_id"]
     superseded, last = status_when_done(web, big), status_when_done(web, small)
     output = workers["images"].output
     assert output.index(f"make_thumbnail[{small}] succeeded") < output.index(f"make_thumbnail[{big}] succeeded")
@@ -206,7 +173,7 @@ def test_the_last_upload_wins_whatever_order_the_thumbnails_end_in(web, workers,
     assert httpx2.get(f"{web}/users/{user_id}").json()["thumbnail_url"] == last["result"]["thumbnail_url"]
     assert set(media.rglob("*")) - before == kept_files(media, last)
 
-    replaced = status_when_done(web, upload(web, user_id, portrait_photo()).json()["task_id"])
+    replaced = status_when_done(web, upload(web, user_id, pictures.portrait_photo()).json()["task_id"])
     assert httpx2.get(f"{web}/users/{user_id}").json()["thumbnail_url"] == replaced["result"]["thumbnail_url"]
     assert set(media.rglob("*")) - before == kept_files(media, replaced)
 
@@ -225,20 +192,20 @@ def test_a_second_terminal_with_redis_url_alone_lists_each_workers_queue(chapter
 
 
 def test_a_portrait_photo_is_made_upright(web, workers):
-    status, _ = thumbnail_of(web, portrait_photo())
+    status, _ = thumbnail_of(web, pictures.portrait_photo())
     assert (status["state"], status["result"]["width"], status["result"]["height"]) == ("SUCCESS", 96, 128)
 
 
 @pytest.mark.parametrize(
     "data, detail",
     [
-        (damaged_png(), "the image cannot be read: broken PNG file (bad header checksum in b'IDAT')"),
+        (pictures.damaged_png(), "the image cannot be read: broken PNG file (bad header checksum in b'IDAT')"),
         (b"Hello, world", "not an image of a format read here: JPEG, PNG, GIF, WEBP"),
         (b"", "the file is empty"),
-        (image("PNG")[:300], "the image cannot be read: Truncated File Read"),
-        (blank_png((4000, 4000)), "4000 x 4000 pixels: a PNG avatar may have 12,500,000 at most"),
+        (pictures.image("PNG")[:300], "the image cannot be read: Truncated File Read"),
+        (pictures.blank_png((4000, 4000)), "4000 x 4000 pixels: a PNG avatar may have 12,500,000 at most"),
         (
-            decompression_bomb(),
+            pictures.decompression_bomb(),
             "Image size (100000000 pixels) exceeds limit of 89478485 pixels, could be decompression bomb DOS attack.",
         ),
     ],
@@ -254,7 +221,7 @@ def test_a_bad_file_is_a_422_and_is_not_kept(web, media, data, detail):
 
 
 def test_no_user_is_a_404_and_a_missing_file_a_422(web):
-    missing = upload(web, 2147483647, image())
+    missing = upload(web, 2147483647, pictures.image())
     assert (missing.status_code, missing.json()) == (404, {"detail": "no user 2147483647"})
     no_file = httpx2.post(f"{web}/users/{new_user(web)}/avatar", data={"photo": "x"})
     assert (no_file.status_code, no_file.json()["detail"][0]["loc"], no_file.json()["detail"][0]["msg"]) == (
@@ -266,7 +233,7 @@ def test_no_user_is_a_404_and_a_missing_file_a_422(web):
 
 def test_a_truncated_jpeg_is_a_failure_saying_so_and_is_not_kept(web, workers, media):
     kept = set((media / "uploads").iterdir())
-    status, user = thumbnail_of(web, image(size=(640, 480))[:-2000])
+    status, user = thumbnail_of(web, pictures.truncated_jpeg())
     assert (status["state"], user["thumbnail_url"]) == ("FAILURE", None)
     assert status["error"].startswith("BadImage: the image cannot be read: image file is truncated ("), status
     assert set((media / "uploads").iterdir()) == kept
@@ -284,16 +251,16 @@ def test_an_images_process_grown_past_its_memory_limit_is_replaced_after_its_tas
     --max-memory-per-child=150000 (KiB) while it is decoded: its thumbnail is made, then the process is replaced. A
     small photo's does not."""
     pool = images_pool(main)
-    assert thumbnail_of(web, image())[0]["state"] == "SUCCESS"
+    assert thumbnail_of(web, pictures.image())[0]["state"] == "SUCCESS"
     assert images_pool(main) == pool
-    status, _ = thumbnail_of(web, image("PNG", size=(3500, 3500), mode="RGBA"))
+    status, _ = thumbnail_of(web, pictures.image("PNG", size=(3500, 3500), mode="RGBA"))
     assert (status["state"], status["result"]["width"]) == ("SUCCESS", 128)
     replaced = wait_for(lambda: (now := images_pool(main)) != pool and now, 10, "a process replaced")
     assert len(replaced) == len(pool) and len(set(replaced) - set(pool)) == 1
 
 
 def test_up_to_10_mib_is_taken(web, workers):
-    png = image("PNG", size=(64, 64))
+    png = pictures.image("PNG", size=(64, 64))
     body = multipart(png + b"\0" * (MAX_UPLOAD - len(multipart(png))))  # bytes after a PNG's end: ignored
     assert len(body) == MAX_UPLOAD
     accepted = post_multipart(web, new_user(web), body)
@@ -326,7 +293,7 @@ def test_every_other_route_keeps_the_64_kib_limit(web):
 def test_the_task_itself_refuses_a_bomb_and_any_path_outside_its_folder(web, workers, media, main):
     """The task, sent as from the shell, with what the API would refuse: the worker defends itself too."""
     user_id = new_user(web)
-    (media / "uploads" / "bomb").write_bytes(decompression_bomb())
+    (media / "uploads" / "bomb").write_bytes(pictures.decompression_bomb())
     make_thumbnail = main.celery.tasks["images.make_thumbnail"]
     bomb, outside = make_thumbnail.delay(user_id, "bomb"), make_thumbnail.delay(user_id, "../../app.db")
     assert status_when_done(web, bomb.id)["error"] == (
@@ -341,7 +308,7 @@ def test_the_task_itself_refuses_a_bomb_and_any_path_outside_its_folder(web, wor
 
 def test_the_page_shows_the_states_then_the_thumbnail(page, web, workers, tmp_path):
     photo, text = tmp_path / "photo.jpg", tmp_path / "notes.txt"
-    photo.write_bytes(image(size=(800, 600)))
+    photo.write_bytes(pictures.image(size=(800, 600)))
     text.write_text("not an image")
     page.goto(f"{web}/form_avatar")
     states = page.locator("#states")
@@ -414,7 +381,7 @@ def test_run_all_starts_both_workers_named_after_their_queues(stack, tmp_path):
 
     expected = {f"celery-web{port}@{host}": ["celery"], f"images-web{port}@{host}": ["images"]}
     wait_for(lambda: queues() == expected, 30, "Flower to list both workers")
-    status, user = thumbnail_of(ch09.web, image())
+    status, user = thumbnail_of(ch09.web, pictures.image())
     assert (status["state"], status["result"]["width"]) == ("SUCCESS", 128)
     assert (tmp_path / "media" / user["thumbnail_url"].removeprefix("/media/")).is_file()
     assert ch09.ctrl_c() == 130

@@ -15,10 +15,11 @@ FENCE = re.compile(r"^```\S*\n(.*?)^```$", re.M | re.S)
 # another chapter's README, ch05_retry/README.md, "Heading".
 POINTER = re.compile(r'(?:\b(ch\d\d_\w+)/)?README(?:\.md)?[:,]?\s*(?:#\s*)?((?:"[^"]+"(?:,\s*)?)+)')
 # An excerpt of a file of the chapter is a fenced block introduced by the file's name: the last line of text above
-# the opening fence ends with the name in backquotes and a colon, as "In `tasks.py`:" or "`form.html`:". Its lines
-# must be lines of that file, in a row, as they are there but for their leading indentation (so an excerpt may start
-# inside a function). A block introduced otherwise (a shell session, a counter-example) is not checked.
-EXCERPT_INTRO = re.compile(r"`([\w.-]+\.\w+)`:$")
+# the opening fence ends with the name in backquotes and a colon, as "In `tasks.py`:" or "`form.html`:" (or, from
+# chapter 10 on, "`tests/conftest.py`:", a file of the chapter's own tests). Its lines must be lines of that file, in a
+# row, as they are there but for their leading indentation (so an excerpt may start inside a function). A block
+# introduced otherwise (a shell session, a counter-example) is not checked.
+EXCERPT_INTRO = re.compile(r"`([\w./-]+\.\w+)`:$")
 
 
 def readme(chapter):
@@ -33,10 +34,10 @@ def headings(chapter):
 
 def pointers(chapter):
     """(file, chapter pointed to, heading) for each README section the chapter's code points to."""
-    for path in sorted((ROOT / chapter).glob("*.py")):
+    for path in sorted([*(ROOT / chapter).glob("*.py"), *(ROOT / chapter).glob("tests/*.py")]):
         for match in POINTER.finditer(path.read_text()):
             for heading in re.findall(r'"([^"]+)"', match[2]):
-                yield path.name, match[1] or chapter, heading
+                yield str(path.relative_to(ROOT / chapter)), match[1] or chapter, heading
 
 
 def excerpts(chapter):
