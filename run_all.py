@@ -62,7 +62,7 @@ USAGE = """\
 Usage: ./run_all.sh CHAPTER          run the chapter: Redis, worker and web app (both reloaded on change), Flower
        ./run_all.sh test [ARGS]      run the test suite (ARGS go to pytest); test CHAPTER [ARGS]: the chapter's own
        ./run_all.sh shell CHAPTER    a Python shell inside the chapter, its main module imported
-       ./run_all.sh diff CHAPTER     what the chapter changed since the chapter before (its .py, .html and tests/)
+       ./run_all.sh diff CHAPTER     what the chapter changed since the chapter before (code, tests/, Docker files)
        ./run_all.sh bench [NAME]     run the benchmarks, or the one named (enqueue, responsive, push, startup,
                                      thumbnails); --short: a quick pass of each
 
@@ -139,6 +139,10 @@ def usage():
         say(f"  {chapter:<15} {title}\n")
 
 
+# What `diff` compares: the code, from chapter 10 on a chapter's own tests, from chapter 11 on its container files
+FILES_DIFFED = ("*.py", "*.html", "tests/*.py", "Dockerfile", "compose.yaml", ".dockerignore")
+
+
 def show_diff(chapter):
     names = chapters()
     if names.index(chapter) == 0:
@@ -148,7 +152,7 @@ def show_diff(chapter):
         {
             str(p.relative_to(ROOT / folder))
             for folder in (previous, chapter)
-            for pattern in ("*.py", "*.html", "tests/*.py")  # from chapter 10 on, a chapter's own tests too
+            for pattern in FILES_DIFFED
             for p in (ROOT / folder).glob(pattern)
         }
     )

@@ -1,6 +1,7 @@
-"""Chapter 10: chapter 9's app, unchanged, with a test suite of its own in tests/: `pytest`, inside this folder.
+"""Chapter 11: the app of the chapters before, unchanged, in containers: docker compose up --build (compose.yaml).
 
-Run: uvicorn third_party:app --port 8010, celery -A main.celery worker --loglevel=info -Q celery -n celery@%h,
+Without Docker, as before: uvicorn third_party:app --port 8010,
+celery -A main.celery worker --loglevel=info -Q celery -n celery@%h,
 celery -A main.celery worker --loglevel=info -Q images -n images@%h --max-memory-per-child=150000,
 celery -A main.celery beat --loglevel=info, alembic upgrade head && uvicorn main:app --reload
 """
@@ -62,8 +63,8 @@ def create_app() -> FastAPI:
     settings = get_settings()
     # A body over 64 KiB gets a 413 before it is read.
     app = FastAPI(
-        title="Chapter 10: testing",
-        version="ch10_testing",
+        title="Chapter 11: Docker",
+        version="ch11_docker",
         debug=settings.DEBUG,
         max_body_size=65_536,
         lifespan=lifespan,

@@ -195,6 +195,21 @@ def readme_has_current_diff(chapter):
     return f"```diff\n{diff.stdout}```" in readme
 
 
+def chapter_suite(chapter, *args, env=None):
+    """`pytest ARGS` inside the chapter folder (chapter 10 on: its own suite), as a reader runs it in a terminal 80
+    columns wide whose PATH starts with .venv/bin, with no DATABASE_URL nor MEDIA_ROOT of the shell the tests started
+    in (the suite makes its own), then `env`. What it printed, once it passed."""
+    shell = {k: v for k, v in CLEAN_ENV.items() if k not in ("DATABASE_URL", "MEDIA_ROOT")}
+    terminal = processes.Terminals(chapter, processes.chapter_env(shell, COLUMNS="80", **(env or {})))
+    try:
+        process = terminal("pytest", *args)
+        wait_for(lambda: process.proc.poll() is not None, 240, f"pytest {' '.join(args)} inside {chapter.name}")
+        assert process.stop() == 0, process.output
+        return process.output
+    finally:
+        terminal.stop()
+
+
 def start_workers(start, names=("one", "two")):
     """The Procfile's worker, in a terminal for each name (two with one name would be one to Celery), once each is
     ready; start is the `start` fixture."""

@@ -9,30 +9,13 @@ import re
 
 import pytest
 
-from helpers import readme_has_current_diff, run_all
-from processes import wait_for
+from helpers import chapter_suite, readme_has_current_diff, run_all
 
 CHAPTER = "ch10_testing"
 # A file's line of pytest's progress: its name, then a character for each test (. passed, x xfailed, F failed...)
 LAYER = re.compile(r"^(tests/test_\w+\.py) ([.sxXFE]+) +\[ *\d+%\]$", re.M)
 SUMMARY = re.compile(r"^=+ (\d+ passed.*) in [\d.]+s(?: \([\d:]+\))? =+$", re.M)
 LESSON = re.compile(r"^XFAIL tests/test_eager\.py::\w+\[worker\] - .+$", re.M)
-
-
-@pytest.fixture(scope="module")
-def chapter_env(chapter_env):
-    """A reader's terminal, 80 columns wide: no DATABASE_URL nor MEDIA_ROOT of the shell the tests started in (the
-    suite makes its own)."""
-    return {k: v for k, v in chapter_env.items() if k not in ("DATABASE_URL", "MEDIA_ROOT")} | {"COLUMNS": "80"}
-
-
-def chapter_pytest(start, *args, env=None):
-    """`pytest ARGS` inside the chapter folder, in a terminal whose PATH starts with .venv/bin; what it printed, once
-    it passed."""
-    process = start("pytest", *args, env=env)
-    wait_for(lambda: process.proc.poll() is not None, 240, f"pytest {' '.join(args)}")
-    assert process.stop() == 0, process.output
-    return process.output
 
 
 def readme_run(chapter, command):
@@ -52,9 +35,9 @@ def the_folder(chapter):
 
 
 @pytest.mark.timeout(300)
-def test_the_chapters_suite_passes_as_the_readme_shows(chapter, start):
+def test_the_chapters_suite_passes_as_the_readme_shows(chapter):
     before = the_folder(chapter)
-    output = chapter_pytest(start)
+    output = chapter_suite(chapter)
     assert the_folder(chapter) == before  # no app.db, no media/: the run's own are in a folder of its own, gone
     shown = readme_run(chapter, "pytest")
     assert layers(output) == layers(shown) and len(layers(output)) == 7, output
@@ -81,9 +64,9 @@ def test_run_all_runs_the_fast_layers_alone(chapter):
 
 
 @pytest.mark.timeout(300)
-def test_the_suite_passes_on_postgresql_with_its_coverage(chapter, start, postgresql):
+def test_the_suite_passes_on_postgresql_with_its_coverage(chapter, postgresql):
     """DATABASE_URL names a PostgreSQL server: the suite makes a database of its own there, and drops it."""
-    output = chapter_pytest(start, "--cov", env={"DATABASE_URL": postgresql()})
+    output = chapter_suite(chapter, "--cov", env={"DATABASE_URL": postgresql()})
     assert layers(output) == layers(readme_run(chapter, "pytest"))
     assert re.search(r"^TOTAL +\d+ +\d+ +\d+%$", output, re.M), output
     assert "tests/" not in output.split("coverage:")[1].split("TOTAL")[0]  # the app is measured, not its tests

@@ -1,4 +1,5 @@
-"""The fixtures of this chapter's tests, from the fastest layers to a real worker (README: "The layers").
+"""The fixtures of this chapter's tests, from the fastest layers to a real worker
+(ch10_testing/README.md, "The layers").
 
 The app reads its settings once, as main is imported, so they are set at the top of this file, before any module of
 the app is imported: a folder of the test run's own for the database (SQLite) and the uploads, and a Redis URL on a
@@ -161,7 +162,7 @@ def email_service():
 @pytest.fixture
 def eager():
     """Celery's eager mode, for this test only: delay() runs the task at once, in the caller, and raises its error
-    there; no broker, no worker, no countdown (README: "Eager mode, and what it hides")."""
+    there; no broker, no worker, no countdown (ch10_testing/README.md, "Eager mode, and what it hides")."""
     saved = {name: celery.conf[name] for name in ("task_always_eager", "task_eager_propagates")}
     celery.conf.update(task_always_eager=True, task_eager_propagates=True)
     yield
@@ -230,7 +231,8 @@ def leave_logging_to_pytest(**kwargs):
 def running_worker(redis_url):
     """A real worker, started once, in a thread of this process: it takes the tasks from Redis, as JSON, and stores
     their states there, as `celery -A main.celery worker` does, from both queues. Its `celery.ping` task, which
-    start_worker sends to know it is ready, is imported first (README: "A real worker in the test process")."""
+    start_worker sends to know it is ready, is imported first
+    (ch10_testing/README.md, "A real worker in the test process")."""
     from celery.contrib.testing.tasks import ping  # noqa: F401
 
     with start_worker(celery, pool="solo", queues=["celery", "images"], shutdown_timeout=30) as worker:

@@ -1,6 +1,6 @@
 """The database: migrated as you migrate it, and empty at the start of every test.
 
-README: "The database, clean for every test".
+ch10_testing/README.md, "The database, clean for every test".
 
 SQLite in the run's own folder, or PostgreSQL: DATABASE_URL=postgresql+psycopg://user@host/name pytest makes a
 database of its own on that server, and drops it at the end.

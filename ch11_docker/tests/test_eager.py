@@ -1,4 +1,4 @@
-"""Eager mode: what it is good for, and what it hides (README: "Eager mode, and what it hides").
+"""Eager mode: what it is good for, and what it hides (ch10_testing/README.md, "Eager mode, and what it hides").
 
 With task_always_eager, delay() runs the task at once, in the caller: a view and its task run in one request, with
 no broker and no worker. But nothing is turned into JSON and no countdown is waited for, so the last two tests pass in

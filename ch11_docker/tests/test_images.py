@@ -1,5 +1,6 @@
 """Avatars, with images made in the test by Pillow: the upload view with make_thumbnail's delay() replaced, chapter 9's
-bad inputs, and the task called as a function, the last upload winning (README: "Images, made in the test").
+bad inputs, and the task called as a function, the last upload winning
+(ch10_testing/README.md, "Images, made in the test").
 """
 
 import io

@@ -1,6 +1,6 @@
 """Beat's schedule, tested as data: what it sends, how often, and when next; not by running beat.
 
-README: "Beat's schedule, as data".
+ch10_testing/README.md, "Beat's schedule, as data".
 """
 
 from datetime import UTC, datetime, timedelta

@@ -1,7 +1,7 @@
 """The tasks, called as functions: no broker, no worker, the email service answered by `responses`.
 
 The fastest layer, for what a task does with its input; a retry is seen as the Retry that Celery raises, with its
-countdown, not waited for (README: "The task as a function").
+countdown, not waited for (ch10_testing/README.md, "The task as a function").
 """
 
 import json

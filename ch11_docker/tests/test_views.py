@@ -1,7 +1,7 @@
 """The views that send tasks, called with FastAPI's TestClient, with no broker: each task's delay() (or apply_async())
 replaced for the test, so what is checked is what a view sends, and when; not what the task does.
 
-README: "The view that sends a task".
+ch10_testing/README.md, "The view that sends a task".
 """
 
 from unittest.mock import Mock
@@ -17,10 +17,10 @@ from status import status_json
 from tasks import divide, import_list, subscribe, subscribe_user
 
 
-def test_the_app_is_chapter_10s(client):
+def test_the_app_is_chapter_11s(client):
     assert client.get("/").json() == {"message": "Hello World"}
     info = client.get("/openapi.json").json()["info"]
-    assert info == {"title": "Chapter 10: testing", "version": "ch10_testing"}
+    assert info == {"title": "Chapter 11: Docker", "version": "ch11_docker"}
 
 
 def test_post_divide_sends_the_two_numbers(client, monkeypatch):

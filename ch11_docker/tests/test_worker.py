@@ -1,6 +1,6 @@
 """A real worker, in the test process (Celery's start_worker), on a real Redis the conftest starts: the tasks go
 through Redis as JSON, run on the worker, and come back as states, as they do in production. Every test here is
-marked `worker` (README: "A real worker in the test process").
+marked `worker` (ch10_testing/README.md, "A real worker in the test process").
 """
 
 import uuid
