@@ -25,6 +25,11 @@ class BaseConfig:
     DATABASE_URL = os.environ.get("DATABASE_URL", f"sqlite:///{Path(__file__).with_name('app.db')}")
     # uploads and thumbnails, in a folder beside this one: the web app and the images worker must share it
     MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", Path(__file__).with_name("media")))
+    # How the lines look (text, or json: one object a line), where they go besides the terminal (a file, rotated), and
+    # the web's level (a Celery process's is its --loglevel): logs.py
+    LOG_FORMAT = os.environ.get("LOG_FORMAT", "text")
+    LOG_FILE = os.environ.get("LOG_FILE")
+    LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
     CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
     CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
     # The API tries Redis once more, where Celery would go on for 20 s: with no Redis, a request gets its 503 at

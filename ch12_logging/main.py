@@ -1,9 +1,9 @@
-"""Chapter 11: the app of the chapters before, unchanged, in containers: docker compose up --build (compose.yaml).
+"""Chapter 12: one logging configuration for the web app and every Celery process, and a request's id in every line.
 
-Without Docker, as before: uvicorn third_party:app --port 8010,
-celery -A main.celery worker --loglevel=info -Q celery -n celery@%h,
+Run: uvicorn third_party:app --port 8010, celery -A main.celery worker --loglevel=info -Q celery -n celery@%h,
 celery -A main.celery worker --loglevel=info -Q images -n images@%h --max-memory-per-child=150000,
-celery -A main.celery beat --loglevel=info, alembic upgrade head && uvicorn main:app --reload
+celery -A main.celery beat --loglevel=info, alembic upgrade head && uvicorn main:app --reload; or, in containers,
+docker compose up --build (compose.yaml)
 """
 
 from pathlib import Path
@@ -15,6 +15,8 @@ from config import create_celery, get_settings
 from errors import BAD_BODY_RESPONSES, add_error_handlers
 from health import health_router
 from images import images_router, thumbnails
+from logs import with_logging
+from request_id import RequestIdMiddleware
 from schemas import MailingList, Numbers, Subscriber
 from status import lifespan, status_router
 from tasks import divide, import_list, subscribe
@@ -63,11 +65,11 @@ def create_app() -> FastAPI:
     settings = get_settings()
     # A body over 64 KiB gets a 413 before it is read.
     app = FastAPI(
-        title="Chapter 11: Docker",
-        version="ch11_docker",
+        title="Chapter 12: logging",
+        version="ch12_logging",
         debug=settings.DEBUG,
         max_body_size=65_536,
-        lifespan=lifespan,
+        lifespan=with_logging(lifespan),  # the web's logging, configured as it starts
     )
     app.state.settings = settings
     app.state.celery = create_celery(settings)
@@ -78,6 +80,7 @@ def create_app() -> FastAPI:
     app.include_router(images_router)
     app.mount("/media/thumbnails", thumbnails())
     add_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
     return app
 
 

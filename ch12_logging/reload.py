@@ -5,7 +5,7 @@ Usage: python reload.py celery -A main.celery worker --loglevel=info
 compose.yaml runs the workers and beat with it (uvicorn has --reload of its own). The command gets SIGTERM, a Celery
 worker's warm shutdown, and GRACE seconds to exit, both at a change and when this process is stopped itself (`docker
 compose down` sends it SIGTERM); only then SIGKILL. The watchfiles command gives it 5 s at a stop, whatever its
---sigint-timeout says (README: "Why reload.py, not the watchfiles command").
+--sigint-timeout says (ch11_docker/README.md, "Why reload.py, not the watchfiles command").
 """
 
 import signal

@@ -8,6 +8,7 @@ from time import sleep
 
 import requests
 from celery import shared_task
+from celery.utils.log import get_task_logger
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
@@ -17,6 +18,7 @@ from models import User
 THIRD_PARTY_URL = os.environ.get("THIRD_PARTY_URL", "http://127.0.0.1:8010")
 # The guide's 5 s between tries; RETRY_COUNTDOWN changes it (the tests wait less).
 COUNTDOWN = int(os.environ.get("RETRY_COUNTDOWN", 5))
+logger = get_task_logger(__name__)  # each line with its task's name and id, and its request's id (logs.py)
 
 
 @shared_task
@@ -42,6 +44,8 @@ def call_third_party(email):
 # task ends FAILURE with the service's error.
 @shared_task(bind=True, max_retries=3)
 def subscribe(self, email):
+    # Never the address itself (README: "No secret in a line")
+    logger.info("calling the email service, try %d", self.request.retries + 1)
     try:
         return call_third_party(email)
     except requests.RequestException as exc:
@@ -77,12 +81,14 @@ def subscribe_user(self, user_id):
         with Session() as session:
             user = session.execute(select(User).where(User.id == user_id)).scalar_one()
         if user.subscribed_at is None:
+            logger.info("calling the email service for user %d, try %d", user_id, self.request.retries + 1)
             call_third_party(user.email)
             # A transaction whose first statement writes, which SQLite's busy timeout covers
             # (ch08_database/README.md, "Two writers on SQLite")
             with Session.begin() as session:
                 subscribed = update(User).where(User.id == user_id, User.subscribed_at.is_(None))
                 session.execute(subscribed.values(subscribed_at=datetime.now(UTC)))
+            logger.info("user %d subscribed", user_id)
     except requests.RequestException as exc:
         raise self.retry(exc=exc, countdown=COUNTDOWN, max_retries=3) from exc
     except OperationalError as exc:

@@ -1,14 +1,15 @@
-"""Alembic's environment: the app's engine (DATABASE_URL, with SQLite's settings) and the tables of its models."""
+"""Alembic's environment: the app's engine (DATABASE_URL, with SQLite's settings) and the tables of its models.
 
-from logging.config import fileConfig
+Its lines are logged as the web app's, which it runs before (logs.py), not as alembic.ini would have them.
+"""
 
 from alembic import context
 
 import models  # noqa: F401 (every model's table, in Base.metadata)
 from database import Base, engine
+from logs import configure_logging
 
-if context.config.config_file_name:
-    fileConfig(context.config.config_file_name, disable_existing_loggers=False)
+configure_logging()
 
 with engine.connect() as connection:
     # SQLite changes a column by copying its table: batch mode writes migrations that do so

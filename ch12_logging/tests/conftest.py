@@ -8,16 +8,19 @@ the tests use a database of their own on that server, made for the run and dropp
 
 Fixtures: client (the app, no server needed), email_service (the email service, answered by `responses`), user (a
 committed user), eager (Celery's eager mode, for one test), redis_url, worker (a real worker in this process),
-started_client (the app with its lifespan: WebSockets, GET /health). Every test starts on an empty database.
+started_client (the app with its lifespan: WebSockets, GET /health), run (a command of the README run inside this
+folder, in a process of its own, with what it prints kept). Every test starts on an empty database.
 """
 
 import gc
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -180,11 +183,12 @@ def missing(what):
 
 
 def wait_for(check, timeout, what):
-    """Call check() until it returns something true, for at most `timeout` seconds."""
+    """Call check() until it returns something true, for at most `timeout` seconds; that value."""
     deadline = time.monotonic() + timeout
-    while not check():
+    while not (value := check()):
         assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
         time.sleep(0.05)
+    return value
 
 
 @pytest.fixture(scope="session")
@@ -265,3 +269,73 @@ def started_client(redis_url):
     GET /health work."""
     with TestClient(app) as client:
         yield client
+
+
+# --- the chapter's processes, each in a terminal of its own -----------------------------------------------------
+
+
+class Started:
+    """A command run inside the chapter folder, in a process group of its own; what it prints (stdout and stderr, as
+    a terminal shows them) is kept in .lines as it comes: a process's log is what these tests read."""
+
+    def __init__(self, args, env):
+        self.process = subprocess.Popen(
+            args,
+            cwd=CHAPTER,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines = []
+        threading.Thread(target=self.read, daemon=True).start()
+
+    def read(self):
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self):
+        return "\n".join(self.lines)
+
+    def wait_for_line(self, text, timeout=30):
+        """The first line holding text, once it is printed."""
+        return wait_for(lambda: next((line for line in self.lines if text in line), None), timeout, repr(text))
+
+    def signal(self, number):
+        try:
+            os.killpg(self.process.pid, number)
+        except ProcessLookupError:  # the whole group has exited
+            pass
+
+
+def stop(processes):
+    """As Ctrl+C in each one's terminal, all at once; after 20 s, whatever is left of them killed."""
+    for process in processes:
+        process.signal(signal.SIGINT)
+    deadline = time.monotonic() + 20
+    for process in processes:
+        try:
+            process.process.wait(max(0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        process.signal(signal.SIGKILL)
+        process.process.wait(5)
+
+
+@pytest.fixture(scope="module")
+def run(redis_url, migrated):
+    """run(*command, **settings): a command of the README (`celery -A main.celery worker ...`, `uvicorn main:app`)
+    started inside this folder with the run's settings and these (LOG_FORMAT="json"), through this Python
+    (python -m celery is the celery command); every one stopped once the test module is done."""
+    started = []
+
+    def run(*args, **settings):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **settings}
+        started.append(Started([sys.executable, "-m", *args], env))
+        return started[-1]
+
+    yield run
+    stop(started)

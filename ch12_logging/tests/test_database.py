@@ -15,10 +15,10 @@ from models import User
 
 
 def test_the_migrations_are_applied_up_to_the_last(migrated):
-    assert migrated.splitlines()[-2:] == [
-        "INFO  [alembic.runtime.migration] Running upgrade  -> 0001, users: the table of models.User.",
-        "INFO  [alembic.runtime.migration] Running upgrade 0001 -> 0002, users: avatar_upload and thumbnail_url, the "
-        "latest upload and its thumbnail.",
+    """Logged as the app logs (logs.py): each message after its time, level and process."""
+    assert [line.split("] ", 1)[1] for line in migrated.splitlines()[-2:]] == [
+        "Running upgrade  -> 0001, users: the table of models.User.",
+        "Running upgrade 0001 -> 0002, users: avatar_upload and thumbnail_url, the latest upload and its thumbnail.",
     ]
 
 
