@@ -64,7 +64,7 @@ Usage: ./run_all.sh CHAPTER          run the chapter: Redis, worker and web app 
        ./run_all.sh shell CHAPTER    a Python shell inside the chapter, its main module imported
        ./run_all.sh diff CHAPTER     what the chapter changed since the chapter before (code, tests/, Docker files)
        ./run_all.sh bench [NAME]     run the benchmarks, or the one named (enqueue, responsive, push, startup,
-                                     thumbnails); --short: a quick pass of each
+                                     thumbnails, exports); --short: a quick pass of each
 
 CHAPTER is a folder name, or just its number: ch03_divide, ch03 and 3 are the same.
 """
@@ -220,7 +220,7 @@ def run_tests(args):
 
 
 def run_bench(args):
-    every = ["enqueue", "responsive", "push", "startup", "thumbnails"]
+    every = ["enqueue", "responsive", "push", "startup", "thumbnails", "exports"]
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     for name in [a for a in args if a != "--short"] or every:
         if not (ROOT / "bench" / f"{name}.py").exists():
@@ -461,6 +461,12 @@ def with_settings(note, env):
     )
 
 
+def pages(folder):
+    """The pages the chapter serves: each `@router.get("/form...")` in its .py files, main.py's first."""
+    files = sorted(folder.glob("*.py"), key=lambda path: (path.name != "main.py", path.name))
+    return [page for path in files for page in re.findall(r'^@\w+\.get\("(/form\w*)"', path.read_text(), re.M)]
+
+
 def banner(stack):
     """What runs, where: each process's address or worker name and its note, the pages, Redis, the shell."""
     width = stack.width
@@ -471,9 +477,8 @@ def banner(stack):
         where = proc.node.replace("%h", socket.gethostname()) if proc.node else where
         note = with_settings(line.note, stack.env)
         lines.append(f"    {proc.name:<{width}}  {where}" + (f"   {note}" if note else ""))
-        main = stack.folder / "main.py"
-        if line.name == "web" and main.exists():
-            for page in re.findall(r'^@\w+\.get\("(/form\w*)"', main.read_text(), re.M):
+        if line.name == "web":
+            for page in pages(stack.folder):
                 lines.append(f"    {'page':<{width}}  http://127.0.0.1:{stack.ports['web']}{page}")
     if stack.uses_celery():
         lines.append(f"    {'redis':<{width}}  {stack.env['REDIS_URL']} {stack.redis_note}")

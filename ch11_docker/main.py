@@ -55,7 +55,7 @@ def form_ws():
 
 @router.get("/form_avatar", include_in_schema=False)
 def form_avatar():
-    """This chapter's page: an upload, its states, then its thumbnail."""
+    """Chapter 9's page: an upload, its states, then its thumbnail."""
     return FileResponse(Path(__file__).with_name("form_avatar.html"))
 
 

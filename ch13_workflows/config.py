@@ -44,7 +44,8 @@ class BaseConfig:
     CELERY_TASK_ACKS_LATE = True
     CELERY_TASK_REJECT_ON_WORKER_LOST = True
     CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-    CELERY_TASK_ROUTES = {"images.*": {"queue": "images"}}  # image work has a queue, and a worker, of its own
+    # Image work and exports each have a queue, and a worker, of their own
+    CELERY_TASK_ROUTES = {"images.*": {"queue": "images"}, "exports.*": {"queue": "exports"}}
     # No task runs past these, so none is held past the visibility_timeout below. At 30 s SoftTimeLimitExceeded is
     # raised in the task, which ends FAILURE; at 35 s its process is killed (ch05_retry/README.md, "Time limits").
     CELERY_TASK_SOFT_TIME_LIMIT = 30

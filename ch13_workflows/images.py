@@ -17,12 +17,11 @@ from fastapi import APIRouter, HTTPException, UploadFile
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, ImageOps, UnidentifiedImageError
 from sqlalchemy import update
-from sqlalchemy.exc import OperationalError
 
 from config import get_settings
-from database import Session, unavailable
+from database import Session
 from models import User
-from tasks import COUNTDOWN
+from retrying import Retrying
 from users import DB, UNAVAILABLE, UserId
 
 MAX_UPLOAD = 10 * 1024 * 1024  # bytes; every other route keeps the app's 64 KiB
@@ -110,9 +109,9 @@ def opened(path):
         raise BadImage(f"the image cannot be read: {exc}") from None
 
 
-# The database away: retried until it is back. A bad image: FAILURE at once, logged without a traceback (throws).
-@shared_task(bind=True, max_retries=None, throws=(BadImage,))
-def make_thumbnail(self, user_id, upload):  # upload: the file's name in the uploads folder, never a path of elsewhere
+# The database away: waited for (retrying.py). A bad image: FAILURE at once, logged without a traceback (throws).
+@shared_task(base=Retrying, throws=(BadImage,))
+def make_thumbnail(user_id, upload):  # upload: the file's name in the uploads folder, never a path of elsewhere
     source, name = UPLOADS / os.path.basename(upload), f"{os.path.basename(upload)}.png"
     if not source.is_file():
         raise BadImage(f"no upload named {upload!r}")
@@ -128,10 +127,7 @@ def make_thumbnail(self, user_id, upload):  # upload: the file's name in the upl
     small.save(THUMBNAILS / f"{name}.part", "PNG")
     os.replace(THUMBNAILS / f"{name}.part", THUMBNAILS / name)  # whole, or not there: never served half-written
     url = f"/media/thumbnails/{name}"
-    try:
-        previous, kept = keep(user_id, source.name, url)
-    except OperationalError as exc:
-        raise self.retry(exc=ConnectionError(unavailable(exc)), countdown=COUNTDOWN) from exc
+    previous, kept = keep(user_id, source.name, url)
     if not kept:
         # A later upload replaced this one meanwhile: this thumbnail goes, unless it is the one the user still shows
         if previous != url:

@@ -3,7 +3,8 @@ beat through Celery's setup_logging signal, in place of its own, so that no line
 
 Each line carries the id of the request it serves or of the request that started its task, and in a task the
 task's name and id; a URL's password and an email address are masked. Text by default, one JSON object a line with
-LOG_FORMAT=json; to the terminal, and to a rotated file too with LOG_FILE (config.py). README: "One configuration".
+LOG_FORMAT=json; to the terminal, and to a rotated file too with LOG_FILE (config.py).
+See ch12_logging/README.md, "One configuration".
 """
 
 import logging
@@ -60,7 +61,7 @@ class Context(logging.Filter):
 
 
 class Redact(logging.Filter):
-    """A line's message and traceback, their secrets masked (README: "No secret in a line")."""
+    """A line's message and traceback, their secrets masked (ch12_logging/README.md, "No secret in a line")."""
 
     def filter(self, record):
         record.msg, record.args = redact(record.getMessage()), None

@@ -1,21 +1,21 @@
-"""Chapter 12: one logging configuration for the web app and every Celery process, and a request's id in every line.
+"""Chapter 13: an export made by many tasks (a chord), pushed and cancelled; retries in one place; one rate for all.
 
 Run: uvicorn third_party:app --port 8010, celery -A main.celery worker --loglevel=info -Q celery -n celery@%h,
 celery -A main.celery worker --loglevel=info -Q images -n images@%h --max-memory-per-child=150000,
+celery -A main.celery worker --loglevel=info -Q exports -n exports@%h,
 celery -A main.celery beat --loglevel=info, alembic upgrade head && uvicorn main:app --reload; or, in containers,
 docker compose up --build (compose.yaml)
 """
 
-from pathlib import Path
-
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import FileResponse
 
 from config import create_celery, get_settings
 from errors import BAD_BODY_RESPONSES, add_error_handlers
+from exports import exports_folder, exports_router
 from health import health_router
 from images import images_router, thumbnails
 from logs import with_logging
+from pages import pages_router
 from request_id import RequestIdMiddleware
 from schemas import MailingList, Numbers, Subscriber
 from status import lifespan, status_router
@@ -49,24 +49,12 @@ def start_import(mailing_list: MailingList):
     return {"task_id": task.id}
 
 
-@router.get("/form_ws", include_in_schema=False)
-def form_ws():
-    """Chapter 7's page: a task's every state, and the email service's health."""
-    return FileResponse(Path(__file__).with_name("form_ws.html"))
-
-
-@router.get("/form_avatar", include_in_schema=False)
-def form_avatar():
-    """This chapter's page: an upload, its states, then its thumbnail."""
-    return FileResponse(Path(__file__).with_name("form_avatar.html"))
-
-
 def create_app() -> FastAPI:
     settings = get_settings()
     # A body over 64 KiB gets a 413 before it is read.
     app = FastAPI(
-        title="Chapter 12: logging",
-        version="ch12_logging",
+        title="Chapter 13: workflows",
+        version="ch13_workflows",
         debug=settings.DEBUG,
         max_body_size=65_536,
         lifespan=with_logging(lifespan),  # the web's logging, configured as it starts
@@ -78,7 +66,10 @@ def create_app() -> FastAPI:
     app.include_router(health_router)
     app.include_router(users_router)  # and with it the models, for the app as for Alembic
     app.include_router(images_router)
+    app.include_router(exports_router)
+    app.include_router(pages_router)
     app.mount("/media/thumbnails", thumbnails())
+    app.mount("/media/exports", exports_folder())  # the finished files; the chunks stay unserved
     add_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -13,8 +13,9 @@ from celery.signals import task_failure
 from sqlalchemy import select
 
 from database import Session
+from email_service import THIRD_PARTY_URL
 from models import User
-from tasks import THIRD_PARTY_URL, subscribe, subscribe_user
+from tasks import subscribe, subscribe_user
 
 HEALTH = "email-service-health"  # the key of the latest check, and the channel each check is published on
 # The subscriptions that failed because the service did not answer: each address, with its task's id

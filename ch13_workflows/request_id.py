@@ -3,7 +3,7 @@
 The API takes the caller's X-Request-ID, or makes one, answers with it, and keeps it while it serves the request
 (RequestIdMiddleware). Every task sent meanwhile carries it in its message's headers, never in its arguments; the
 worker finds it there (task.request), and hands it on to whatever that task sends.
-README: "One id, from the request to the last retry".
+ch12_logging/README.md, "One id, from the request to the last retry".
 """
 
 import re

@@ -32,3 +32,8 @@ class MailingList(BaseModel):
 class NewUser(BaseModel):
     email: Email
     name: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00]*$")  # PostgreSQL's text cannot hold a NUL
+
+
+class ExportOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is a 422, not silently the default
+    chunk_size: int = Field(500, ge=50, le=10_000, description="users a chunk task writes")

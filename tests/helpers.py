@@ -20,6 +20,7 @@ import schemathesis
 from celery import _state
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis.config import SchemathesisConfig
 
 import processes
 from processes import wait_for
@@ -187,6 +188,15 @@ def no_request_gets_a_server_error(schema, examples=FUZZ_EXAMPLES):
     return True
 
 
+def avatars_may_be_refused(schema):
+    """The schema of an app with chapter 9's upload, whose schema says "a file" and cannot say "an image": valid input
+    of the schema may be refused there, with a 422 (a 404 for a user that does not exist)."""
+    operation = {"include-path": "/users/{user_id}/avatar"}
+    operation["checks"] = {"positive_data_acceptance": {"expected-statuses": ["202", "404", "422"]}}
+    config = SchemathesisConfig.from_dict({"operations": [operation]})
+    return schemathesis.openapi.from_asgi("/openapi.json", schema.app, config=config)
+
+
 def readme_has_current_diff(chapter):
     """The chapter README shows exactly what `./run_all.sh diff` prints for it."""
     diff = run_all("diff", chapter.name)
@@ -210,10 +220,10 @@ def chapter_suite(chapter, *args, env=None):
         terminal.stop()
 
 
-def start_workers(start, names=("one", "two")):
+def start_workers(start, names=("one", "two"), env=None):
     """The Procfile's worker, in a terminal for each name (two with one name would be one to Celery), once each is
-    ready; start is the `start` fixture."""
-    workers = [start.line("worker", node=f"{name}@%h", wait=False) for name in names]
+    ready; start is the `start` fixture, env what to add to the chapter's environment."""
+    workers = [start.line("worker", node=f"{name}@%h", env=env, wait=False) for name in names]
     return [start.ready(worker) for worker in workers]
 
 

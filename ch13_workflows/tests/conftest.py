@@ -71,6 +71,9 @@ os.environ.update(
 # What the tests check is the chapter's own countdown (5 s) and schedule (every 10 s), whatever your shell has set
 for name in ("RETRY_COUNTDOWN", "HEALTH_CHECK_INTERVAL"):
     os.environ.pop(name, None)
+# No call to the email service waits for a token (the bucket's own tests turn it on: test_ratelimit.py), and an
+# export's chunks take no time (a test that must catch an export running makes them slow: test_exports.py)
+os.environ.update(THIRD_PARTY_RATE="0", EXPORT_CHUNK_DELAY="0")
 
 from database import Base, Session, engine  # noqa: E402 (the app, imported once its settings are set)
 from main import app, celery  # noqa: E402
@@ -234,12 +237,12 @@ def leave_logging_to_pytest(**kwargs):
 @pytest.fixture(scope="session")
 def running_worker(redis_url):
     """A real worker, started once, in a thread of this process: it takes the tasks from Redis, as JSON, and stores
-    their states there, as `celery -A main.celery worker` does, from both queues. Its `celery.ping` task, which
+    their states there, as `celery -A main.celery worker` does, from the three queues. Its `celery.ping` task, which
     start_worker sends to know it is ready, is imported first
     (ch10_testing/README.md, "A real worker in the test process")."""
     from celery.contrib.testing.tasks import ping  # noqa: F401
 
-    with start_worker(celery, pool="solo", queues=["celery", "images"], shutdown_timeout=30) as worker:
+    with start_worker(celery, pool="solo", queues=["celery", "images", "exports"], shutdown_timeout=30) as worker:
         yield worker
 
 

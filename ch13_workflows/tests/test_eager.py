@@ -15,9 +15,10 @@ from kombu.exceptions import EncodeError
 
 import tasks
 from database import Session
+from email_service import THIRD_PARTY_URL
 from images import UPLOADS, make_thumbnail
 from models import User
-from tasks import THIRD_PARTY_URL, divide, subscribe
+from tasks import divide, subscribe
 
 SUBSCRIBE = f"{THIRD_PARTY_URL}/subscribe"
 

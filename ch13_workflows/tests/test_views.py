@@ -17,10 +17,10 @@ from status import status_json
 from tasks import divide, import_list, subscribe, subscribe_user
 
 
-def test_the_app_is_chapter_12s(client):
+def test_the_app_is_chapter_13s(client):
     assert client.get("/").json() == {"message": "Hello World"}
     info = client.get("/openapi.json").json()["info"]
-    assert info == {"title": "Chapter 12: logging", "version": "ch12_logging"}
+    assert info == {"title": "Chapter 13: workflows", "version": "ch13_workflows"}
 
 
 def test_post_divide_sends_the_two_numbers(client, monkeypatch):
