@@ -107,6 +107,11 @@ def on_redis(env, redis_url, **settings):
     return env | {"CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url} | service | settings
 
 
+def own_database(folder, **settings):
+    """The settings of a chapter (8 on) whose database (SQLite) and media folder are in folder, and `settings`."""
+    return {"DATABASE_URL": f"sqlite:///{folder}/app.db", "MEDIA_ROOT": str(folder / "media"), **settings}
+
+
 def url_answers(url):
     return httpx2.get(url, timeout=2).status_code == 200
 

@@ -24,6 +24,7 @@ from helpers import (
     avatars_may_be_refused,
     bodies_over_64_kib_are_refused,
     no_request_gets_a_server_error,
+    own_database,
     pictures,
     readme_has_current_diff,
     status_when_done,
@@ -43,8 +44,7 @@ def media(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def chapter_env(chapter_env, media):
-    database = f"sqlite:///{media.parent}/app.db"
-    return chapter_env | {"DATABASE_URL": database, "MEDIA_ROOT": str(media), "THIRD_PARTY_DELAY": "0.1"}
+    return chapter_env | own_database(media.parent, THIRD_PARTY_DELAY="0.1")
 
 
 @pytest.fixture(scope="module")
@@ -350,12 +350,7 @@ def test_the_media_folder_is_git_ignored(chapter):
 
 def test_run_all_starts_both_workers_named_after_their_queues(stack, tmp_path):
     """The Procfile, run by ./run_all.sh with a Redis of its own: a worker for each queue, named after it."""
-    ch09 = stack(
-        "9",
-        REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
-        DATABASE_URL=f"sqlite:///{tmp_path}/app.db",
-        MEDIA_ROOT=str(tmp_path / "media"),
-    )
+    ch09 = stack("9", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", **own_database(tmp_path))
     ch09.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=120)
     host, port = socket.gethostname(), ch09.ports["WEB_PORT"]
     for name in (f"celery-web{port}@{host}", f"images-web{port}@{host}", f"{ch09.web}/form_avatar"):

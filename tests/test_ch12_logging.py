@@ -22,7 +22,15 @@ import redis
 from celery import Celery
 
 from containers import compose_config_problems, compose_differs_from_procfile
-from helpers import CLEAN_ENV, VENV_BIN, address, chapter_suite, find_redis_server, readme_has_current_diff
+from helpers import (
+    CLEAN_ENV,
+    VENV_BIN,
+    address,
+    chapter_suite,
+    find_redis_server,
+    own_database,
+    readme_has_current_diff,
+)
 from processes import Process, free_port, wait_for
 
 CHAPTER = "ch12_logging"
@@ -34,8 +42,7 @@ JSON_FIELDS = ["level", "logger", "process", "message", "request_id", "task_id",
 
 @pytest.fixture(scope="module")
 def chapter_env(chapter_env, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ch12")
-    return chapter_env | {"DATABASE_URL": f"sqlite:///{folder}/app.db", "MEDIA_ROOT": str(folder / "media")}
+    return chapter_env | own_database(tmp_path_factory.mktemp("ch12"))
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +145,7 @@ def test_one_id_finds_a_requests_story_in_the_terminal_and_in_the_log_file(stack
     ch12 = stack(
         "12",
         REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
-        DATABASE_URL=f"sqlite:///{tmp_path}/app.db",
-        MEDIA_ROOT=str(tmp_path / "media"),
+        **own_database(tmp_path),
         LOG_FILE=str(log_file),
         THIRD_PARTY_DELAY="0.1",
         RETRY_COUNTDOWN="1",

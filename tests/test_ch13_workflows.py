@@ -30,6 +30,7 @@ from helpers import (
     avatars_may_be_refused,
     chapter_suite,
     no_request_gets_a_server_error,
+    own_database,
     readme_has_current_diff,
     start_workers,
 )
@@ -47,13 +48,7 @@ def media(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def chapter_env(chapter_env, media):
-    database = f"sqlite:///{media.parent}/app.db"
-    return chapter_env | {
-        "DATABASE_URL": database,
-        "MEDIA_ROOT": str(media),
-        "THIRD_PARTY_DELAY": "0.1",
-        "EXPORT_CHUNK_DELAY": "0.3",
-    }
+    return chapter_env | own_database(media.parent, THIRD_PARTY_DELAY="0.1", EXPORT_CHUNK_DELAY="0.3")
 
 
 @pytest.fixture(scope="module")
@@ -380,12 +375,7 @@ def test_no_request_gets_a_server_error(api_schema, seeded):
 def test_run_all_starts_a_worker_for_the_exports(stack, tmp_path):
     """The Procfile, run by ./run_all.sh with a Redis of its own: three workers, one per queue; an export of no user
     is a file of headers only."""
-    ch13 = stack(
-        "13",
-        REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
-        DATABASE_URL=f"sqlite:///{tmp_path}/app.db",
-        MEDIA_ROOT=str(tmp_path / "media"),
-    )
+    ch13 = stack("13", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", **own_database(tmp_path))
     ch13.process.wait_for_output("Press Ctrl+C to stop everything.", timeout=120)
     host, port = socket.gethostname(), ch13.ports["WEB_PORT"]
     for name in (f"exports-web{port}@{host}", f"{ch13.web}/form_export"):
