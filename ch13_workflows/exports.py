@@ -118,7 +118,7 @@ def cancel_export(task_id: str, request: Request):
         if state in READY_STATES:
             raise HTTPException(409, f"export {task_id} has ended already: {state}")
         redis.hset(record, "ended", "REVOKED")
-        celery.backend.mark_as_revoked(task_id, "cancelled")
+        celery.backend.mark_as_revoked(task_id, "revoked")
     # join, should it be queued already: the workers running now drop it unrun. Not terminate=True, which kills the
     # process running a task, whatever it is doing by then: the chunks are short, and stop by themselves.
     celery.control.revoke(task_id)
@@ -147,7 +147,7 @@ def revoked(task, export_id):
     (a REVOKED reported there would end the export as a FAILURE: README, "Cancel")."""
     shutil.rmtree(CHUNKS / export_id, ignore_errors=True)
     for task_id in {export_id, task.request.id}:
-        task.backend.mark_as_revoked(task_id, "cancelled")
+        task.backend.mark_as_revoked(task_id, "revoked")
     return Ignore()
 
 

@@ -186,7 +186,7 @@ def test_a_cancelled_export_leaves_no_file_and_its_join_never_runs(web, exports_
     body = cancelled.json()
     assert (body["state"], body["error"], body["total"], 2 <= body["done"] < 40) == (
         "REVOKED",
-        "TaskRevokedError: cancelled",
+        "TaskRevokedError: revoked",
         40,
         True,
     )

@@ -92,7 +92,7 @@ def test_a_cancel_stops_the_chunks_and_join_never_runs(client, worker, users, mo
     task_id = start(client, chunk_size=50)
     cancelled = client.delete(f"/exports/{task_id}")
     assert cancelled.status_code == 200
-    assert (cancelled.json()["state"], cancelled.json()["error"]) == ("REVOKED", "TaskRevokedError: cancelled")
+    assert (cancelled.json()["state"], cancelled.json()["error"]) == ("REVOKED", "TaskRevokedError: revoked")
     chunks = [write_chunk.AsyncResult(f"{task_id}-{index:05}") for index in range(3)]
     wait_for(lambda: all(chunk.state in READY_STATES for chunk in chunks), 10, "every chunk to end")
     assert [chunk.state for chunk in chunks].count("REVOKED") >= 2  # the first may have ended before the cancel
