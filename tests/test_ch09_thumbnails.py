@@ -156,15 +156,20 @@ def test_image_tasks_run_on_the_images_worker_and_subscriptions_on_the_other(web
     assert "Task images." not in default and "Task tasks." not in images  # of every task these tests sent
 
 
-def test_the_last_upload_wins_whatever_order_the_thumbnails_end_in(web, workers, media):
-    """A big PNG, then, while its thumbnail is being made, a small JPEG: the small one's thumbnail ends first, the big
-    one's last, and the user keeps the small one's; nothing of the big one is kept. A third upload then replaces the
-    second, whose files go."""
+def test_the_last_upload_wins_whatever_order_the_thumbnails_end_in(web, workers, media, main):
+    """A big PNG, then a small JPEG, both queued while the images worker takes nothing from its queue: once it takes
+    them, its two processes make both thumbnails at once, the small one's ends first, the big one's last (however
+    busy the machine, which an upload made while the big one runs would race with), and the user keeps the small
+    one's; nothing of the big one is kept. A third upload then replaces the second, whose files go."""
     user_id = new_user(web)
     before = set(media.rglob("*"))
-    big = upload(web, user_id, pictures.image("PNG", size=(3500, 3500))).json()["task_id"]
-    wait_for(lambda: httpx2.get(f"{web}/tasks/{big}").json()["state"] == "STARTED", 10, "the big one's thumbnail")
-    small = upload(web, user_id, pictures.image(size=(64, 48))).json()["task_id"]
+    images = [f"images@{socket.gethostname()}"]
+    main.celery.control.cancel_consumer("images", destination=images, reply=True)
+    try:
+        big = upload(web, user_id, pictures.image("PNG", size=(3500, 3500))).json()["task_id"]
+        small = upload(web, user_id, pictures.image(size=(64, 48))).json()["task_id"]
+    finally:
+        main.celery.control.add_consumer("images", destination=images, reply=True)
     superseded, last = status_when_done(web, big), status_when_done(web, small)
     output = workers["images"].output
     assert output.index(f"make_thumbnail[{small}] succeeded") < output.index(f"make_thumbnail[{big}] succeeded")
