@@ -28,9 +28,8 @@ class Watcher:
     def __init__(self):
         self.unsent = deque()
         self.waiting = None  # a future while the socket's coroutine has nothing to send
-        self.behind = (
-            asyncio.get_running_loop().create_future()
-        )  # done when QUEUE_SIZE messages wait and one more comes
+        # Done when QUEUE_SIZE messages wait and one more comes
+        self.behind = asyncio.get_running_loop().create_future()
 
     def put(self, message):
         """Called by the subscriber: False when the socket is too far behind to take it (and behind is done)."""
@@ -80,9 +79,8 @@ class Channels:
         backoff = ExponentialBackoff(cap=5, base=0.25)
         failures = 0
         while True:
-            if (
-                self.connected.done()
-            ):  # a future for this attempt's outcome, which the sockets that come meanwhile wait for
+            # A future for this attempt's outcome, which the sockets that come meanwhile wait for
+            if self.connected.done():
                 self.connected = asyncio.get_running_loop().create_future()
             self.pubsub = self.redis.pubsub()
             try:

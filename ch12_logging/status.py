@@ -111,7 +111,6 @@ async def push_states(websocket: WebSocket, task_id, key, watcher):
         if new != text:
             text = new
             await websocket.send_text(text)
-    await asyncio.sleep(CLOSE_AFTER)
 
 
 def reason(text):
@@ -129,26 +128,29 @@ async def ws_task_status(websocket: WebSocket, task_id: str):
         return await websocket.close(TRY_AGAIN_LATER, reason(f"this server holds {MAX_SOCKETS} sockets: try later"))
     channels.sockets += 1
     key = websocket.app.state.celery.backend.get_key_for_task(task_id)
+    # A client says nothing: this ends when it goes, the page's own close after the final state included
+    leaving = asyncio.create_task(websocket.receive())
     try:
         async with channels.watch(key, partial(published, websocket.app.state.celery.backend, task_id)) as watcher:
             pushing = asyncio.create_task(push_states(websocket, task_id, key, watcher))
-            # A client says nothing: this ends when it goes, the page's own close after the final state included
-            leaving = asyncio.create_task(websocket.receive())
-            done, pending = await asyncio.wait({pushing, leaving, watcher.behind}, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
+            done, _ = await asyncio.wait({pushing, leaving, watcher.behind}, return_when=asyncio.FIRST_COMPLETED)
+            pushing.cancel()
             # Waited for, so that the socket's channel is left before the socket closes
-            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.gather(pushing, return_exceptions=True)
         if watcher.behind in done:
             return await websocket.close(TOO_FAR_BEHIND, f"too far behind: {QUEUE_SIZE} states unsent")
         if pushing in done:
             # Any error but Redis's is raised: the server logs it and closes the socket with 1011
             pushing.result()
-            await websocket.close()
+            # The final state is sent, and the channel left: the page closes the socket now, or the server does
+            await asyncio.wait({leaving}, timeout=CLOSE_AFTER)
+            if not leaving.done():
+                await websocket.close()
     except (RedisConnectionError, OSError) as error:
         await websocket.close(1011, reason(f"Redis is unreachable: {error}"))
     except WebSocketDisconnect:
         # The client went at the same moment: there is nothing left to close
         pass
     finally:
+        leaving.cancel()
         channels.sockets -= 1
