@@ -26,6 +26,11 @@ def service_health(stored):
     return {**check, "age": round(age.total_seconds(), 1)}
 
 
+def health_text(stored):
+    """The JSON of a check, made once for all the sockets that watch (Channels.dispatch)."""
+    return json.dumps(service_health(stored), separators=(",", ":"), ensure_ascii=False)
+
+
 @health_router.get("/health")
 async def get_health(request: Request):
     return service_health(await request.app.state.redis.get(HEALTH))
@@ -34,17 +39,16 @@ async def get_health(request: Request):
 @health_router.websocket("/ws/health")
 async def ws_health(websocket: WebSocket):
     """The latest check, then every new one, for as long as the client stays; a client that left is noticed at the
-    next check, and its queue dropped then."""
+    next check, and its watcher dropped then."""
     channels = websocket.app.state.channels
     await websocket.accept()
     if channels is None:
         return await websocket.close(1011, "no Redis result backend to push from")
     try:
-        async with channels.watch(HEALTH.encode()) as queue:  # as Redis names it in a message: in bytes
-            await websocket.send_json(service_health(await websocket.app.state.redis.get(HEALTH)))
-            while not isinstance(data := await queue.get(), Exception):
-                await websocket.send_json(service_health(data))
-            raise data
+        async with channels.watch(HEALTH.encode(), health_text) as watcher:  # as Redis names it in a message: in bytes
+            await websocket.send_text(health_text(await websocket.app.state.redis.get(HEALTH)))
+            while True:
+                await websocket.send_text(await watcher.get())
     except (RedisConnectionError, OSError) as error:
         await websocket.close(1011, reason(f"Redis is unreachable: {error}"))
     except WebSocketDisconnect:
