@@ -1,0 +1,96 @@
+"""The watchers' clients of bench/push.py: one process of them, so that the benchmark can spread them over several
+and the server, not one process of clients, is what limits how fast they know.
+
+Usage (bench/push.py starts it): python bench/watchers.py, then one JSON order a line on stdin, for each round:
+    {"mode": "listen" or "poll", "port": 8000, "tasks": [ids], "first": 0, "count": 2500, "wait": null,
+     "handshakes": 100}
+Watcher n (first <= n < first + count) watches tasks[n % len(tasks)]. The process answers each order with two JSON
+lines on stdout: {"subscribed": how many are in place}, once all are (or after `wait` seconds, if given); then
+{"outcomes": [...], "knew": [...], "counts": [...]}, once all have ended: for each watcher how it ended ("final
+state", "closed 1013", an error's name), when it had the final state (time.time(), or null), and the messages it
+received after the first (listen) or the requests it made (poll). At most `handshakes` sockets open at once (null:
+all at once). It ends at the end of its input.
+"""
+
+import asyncio
+import json
+import random
+import sys
+import time
+
+import websockets
+
+FINAL_STATES = ("SUCCESS", "FAILURE")
+
+
+async def listen(port, task_id, subscribed, opening):
+    """Chapter 6's page: a WebSocket, whose first message says the server has subscribed; closed by the client once
+    it has the final state, as the page closes it."""
+    url = f"ws://127.0.0.1:{port}/ws/task_status/{task_id}"
+    try:
+        async with opening:
+            socket = await websockets.connect(url, max_queue=None, open_timeout=60)
+        async with socket:
+            messages = -1
+            async for message in socket:
+                state = json.loads(message)["state"]
+                messages += 1
+                if not messages:
+                    subscribed()
+                if state in FINAL_STATES:
+                    return "final state", time.time(), messages
+            return f"closed {socket.close_code}", None, messages
+    except websockets.ConnectionClosed as closed:
+        return f"closed {closed.rcvd.code if closed.rcvd else 'without a close frame'}", None, 0
+    except (OSError, websockets.InvalidHandshake, TimeoutError) as exc:
+        return type(exc).__name__, None, 0
+
+
+async def poll(port, task_id, subscribed, opening):
+    """Chapter 5's page: GET /tasks/{id}, then a second's pause, until the task is done, on one kept-alive
+    connection."""
+    async with opening:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=2**20)
+    subscribed()
+    await asyncio.sleep(random.random())  # pages are opened at any moment, not all at once
+    requests = 0
+    while True:
+        writer.write(f"GET /tasks/{task_id} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.lower().split(b"\r\n")
+        length = next(int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length"))
+        requests += 1
+        if json.loads(await reader.readexactly(length))["state"] in FINAL_STATES:
+            writer.close()
+            return "final state", time.time(), requests
+        await asyncio.sleep(1)
+
+
+async def one_round(order):
+    watch, count, tasks = {"listen": listen, "poll": poll}[order["mode"]], order["count"], order["tasks"]
+    subscribed = 0
+    everyone_in = asyncio.Event()
+
+    def one_more():
+        nonlocal subscribed
+        subscribed += 1
+        if subscribed == count:
+            everyone_in.set()
+
+    opening = asyncio.Semaphore(order["handshakes"] or count)
+    n = range(order["first"], order["first"] + count)
+    everyone = asyncio.gather(*(watch(order["port"], tasks[i % len(tasks)], one_more, opening) for i in n))
+    if order["wait"]:
+        await asyncio.sleep(order["wait"])
+    else:  # every watcher in place, or some gone already (refused...)
+        waiting = asyncio.ensure_future(everyone_in.wait())
+        await asyncio.wait({waiting, everyone}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+    print(json.dumps({"subscribed": subscribed}), flush=True)
+    outcomes, knew, counts = zip(*await everyone, strict=True)
+    print(json.dumps({"outcomes": outcomes, "knew": knew, "counts": counts}), flush=True)
+
+
+if __name__ == "__main__":
+    for line in sys.stdin:
+        asyncio.run(one_round(json.loads(line)))
