@@ -115,11 +115,12 @@ class Clients:
 
 
 @contextmanager
-def bare_websockets(env):
-    """bench/push_bare.py's websockets server: its URL (.pid: its process) once it answers."""
+def bare_websockets(env, processes):
+    """bench/push_bare.py's websockets server, in `processes` processes: its URL (.pid: its process) once it
+    answers."""
     port = free_port()
     with terminals(CHAPTER.name, env) as started:
-        process = started(sys.executable, str(ROOT / "bench" / "push_bare.py"), str(port), keep=False)
+        process = started(sys.executable, str(ROOT / "bench" / "push_bare.py"), str(port), str(processes), keep=False)
         url = Url(f"http://127.0.0.1:{port}")
         url.pid = process.pid
         # it answers a plain GET with 426 Upgrade Required: up
@@ -233,16 +234,21 @@ def main():
                 # every push first: the connections counted are the pushes' alone, not GET /tasks's too
                 pushes = [watch(url, "listen", w, measure(w)) for w in (*WATCHERS, COMPARED)]
                 polls = [watch(url, "poll", w) for w in WATCHERS] + [None]
-            compared = {"ch06, one web process": pushes[-1][:2] + pushes[-1][3:]}
+            # (server, its processes) -> p50, p99 and the Round; the one-process chapter 6 measured above
+            compared = {("ch06", 1): pushes[-1][:2] + pushes[-1][3:]}
             servers = {
-                "ch06, uvicorn --workers 2": web(CHAPTER, env, flags=[*flags, "--workers", "2"]),
-                "bare websockets.broadcast()": bare_websockets(env),
-                "bare Starlette, send_text in a loop": web(CHAPTER, env, "push_bare:app", flags=NO_DEFLATE),
+                ("bare websockets.broadcast()", 1): bare_websockets(env, 1),
+                ("bare Starlette, send_text in a loop", 1): web(CHAPTER, env, "push_bare:app", flags=NO_DEFLATE),
+                ("ch06", 2): web(CHAPTER, env, flags=[*flags, "--workers", "2"]),
+                ("bare websockets.broadcast()", 2): bare_websockets(env, 2),
+                ("bare Starlette, send_text in a loop", 2): web(
+                    CHAPTER, env, "push_bare:app", flags=[*NO_DEFLATE, "--workers", "2"]
+                ),
             }
-            for name, server in servers.items():
+            for key, server in servers.items():
                 with server as url:
                     result = watch(url, "listen", COMPARED)
-                    compared[name] = result[:2] + result[3:]
+                    compared[key] = result[:2] + result[3:]
             open_files, asked = LIMITED
             with web(CHAPTER, env, open_files=open_files, flags=flags) as url:
                 held, outcomes, api_status, api_ms = limited(url, clients, celery, asked)
@@ -281,42 +287,52 @@ def main():
             f"{w:,} watcher{'s' * (w > 1)}: push knows {polled[0] / pushed[0]:.0f}x sooner than polling (p50),"
             f" {polled[1] / pushed[1]:.0f}x (p99)."
         )
-    bare_p99, bare_round = compared["bare websockets.broadcast()"][1:]
 
     def per_message(seconds, one):
         return seconds / sum(one.counts) * 1e6
 
+    def against_bare(processes, p99, one):
+        """p99 and the server's processor time per message over the bare websockets.broadcast() server's, with as
+        many processes."""
+        bare_p99, bare = compared["bare websockets.broadcast()", processes][1:]
+        return p99 / bare_p99, per_message(one.server_cpu, one) / per_message(bare.server_cpu, bare)
+
     table(
         f"{COMPARED:,} watchers on {TASKS} tasks, each told STARTED then SUCCESS: the delays (ms), and the processor"
-        " time per message delivered (µs) of the server, and of the clients",
+        " time per message delivered (µs) of the server and of the clients",
         [
             "server",
+            "processes",
             "p50",
             "p99",
             "server CPU / message",
             "clients CPU / message",
             "clients' share",
-            "p99 / bare",
-            "CPU / bare",
+            "p99 / bare broadcast's",
+            "CPU / bare broadcast's",
         ],
         [
             (
                 name,
+                processes,
                 f"{p50:.1f}",
                 f"{p99:.1f}",
                 f"{per_message(one.server_cpu, one):.1f}",
                 f"{per_message(one.clients_cpu, one):.1f}",
                 f"{one.clients_cpu / (one.clients_cpu + one.server_cpu):.0%}",
-                f"{p99 / bare_p99:.1f}",
-                f"{one.server_cpu / sum(one.counts) / (bare_round.server_cpu / sum(bare_round.counts)):.1f}",
+                *(f"{ratio:.1f}" for ratio in against_bare(processes, p99, one)),
             )
-            for name, (p50, p99, one) in compared.items()
+            for (name, processes), (p50, p99, one) in sorted(compared.items(), key=lambda item: item[0][1])
         ],
     )
     print(
-        f"Messages delivered in each: {', '.join(f'{sum(one.counts):,}' for _, _, one in compared.values())};"
-        " 'clients' share': the clients' part of the processor time the server and the clients used in the burst;"
-        " '/ bare': against the bare websockets.broadcast() server's."
+        f"Messages delivered, in the order measured: {', '.join(f'{sum(r.counts):,}' for *_, r in compared.values())}."
+        " Clients' share: the clients' part of the processor time that the server and they used in the burst."
+    )
+    p99_ratio, cpu_ratio = against_bare(1, *compared["ch06", 1][1:])
+    print(
+        f"ch06 in one web process: p99 {p99_ratio:.1f}x the bare websockets.broadcast()'s,"
+        f" the server's processor time per message {cpu_ratio:.1f}x."
     )
     print(
         f"\nUnder ulimit -n {open_files}, {asked:,} watchers asked at once: {held:,} held 2 s later (PENDING received);"

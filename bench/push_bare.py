@@ -1,7 +1,8 @@
 """The references of bench/push.py: servers that push the same states to the same clients as chapter 6, and do nothing
 else, to show what Python itself costs.
 
-Usage: python push_bare.py PORT (a bare `websockets` server, each state sent with websockets.broadcast()), or
+Usage: python push_bare.py PORT [PROCESSES] (a bare `websockets` server, each state sent with websockets.broadcast(),
+in 1 process or more, which share the port), or
 uvicorn push_bare:app (a bare Starlette endpoint, each state sent with `await websocket.send_text` to one socket after
 the other); Redis at CELERY_RESULT_BACKEND. Both read the channel the Celery result backend publishes each stored
 state on, as chapter 6 does, from one pub/sub connection (a pattern subscription for every task, made at start-up);
@@ -12,6 +13,7 @@ recovery from Redis going). No per-message compression: for messages of a few do
 
 import asyncio
 import json
+import multiprocessing
 import os
 import sys
 from contextlib import asynccontextmanager
@@ -69,7 +71,7 @@ async def watching(task_id, socket):
             del watchers[task_id]
 
 
-# --- the bare websockets server: python push_bare.py PORT ----------------------------------------------------------
+# --- the bare websockets server: python push_bare.py PORT [PROCESSES] ------------------------------------------------
 
 
 async def broadcast(sockets, text):
@@ -85,8 +87,22 @@ async def handler(socket):
 
 async def serve(port):
     # the backlog uvicorn has by default: sockets opened together wait in it, not refused
-    async with websockets.serve(handler, "127.0.0.1", port, compression=None, backlog=2048):
+    # reuse_port: the processes listen on the same port, and the kernel spreads the sockets over them
+    async with websockets.serve(handler, "127.0.0.1", port, compression=None, backlog=2048, reuse_port=True):
         await subscribe(broadcast)
+
+
+def run(port):
+    asyncio.run(serve(port))
+
+
+def run_in(port, processes):
+    """run(port) in `processes` processes, started as uvicorn --workers starts its workers (multiprocessing)."""
+    workers = [multiprocessing.Process(target=run, args=(port,)) for _ in range(processes)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join()
 
 
 # --- the bare Starlette endpoint: uvicorn push_bare:app ------------------------------------------------------------
@@ -125,4 +141,4 @@ app = Starlette(
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1])))
+    run_in(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1)
