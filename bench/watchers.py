@@ -27,20 +27,22 @@ FINAL_STATES = ("SUCCESS", "FAILURE")
 
 async def listen(port, task_id, subscribed, opening):
     """Chapter 6's page: a WebSocket, whose first message says the server has subscribed; closed by the client once
-    it has the final state, as the page closes it."""
+    it has the final state, as the page closes it. In place within a minute, or given up (TimeoutError)."""
     url = f"ws://127.0.0.1:{port}/ws/task_status/{task_id}"
     try:
-        async with opening:
-            socket = await websockets.connect(url, max_queue=None, open_timeout=60)
+        async with asyncio.timeout(60):
+            async with opening:
+                socket = await websockets.connect(url, max_queue=None, open_timeout=None)
         async with socket:
-            messages = -1
-            async for message in socket:
-                state = json.loads(message)["state"]
-                messages += 1
-                if not messages:
-                    subscribed()
-                if state in FINAL_STATES:
-                    return "final state", time.time(), messages
+            async with asyncio.timeout(60):
+                await socket.recv()
+            subscribed()
+            messages = 0
+            async with asyncio.timeout(300):
+                async for message in socket:
+                    messages += 1
+                    if json.loads(message)["state"] in FINAL_STATES:
+                        return "final state", time.time(), messages
             return f"closed {socket.close_code}", None, messages
     except websockets.ConnectionClosed as closed:
         return f"closed {closed.rcvd.code if closed.rcvd else 'without a close frame'}", None, 0
@@ -86,7 +88,7 @@ async def one_round(order):
         await asyncio.sleep(order["wait"])
     else:  # every watcher in place, or some gone already (refused...)
         waiting = asyncio.ensure_future(everyone_in.wait())
-        await asyncio.wait({waiting, everyone}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({waiting, everyone}, return_when=asyncio.FIRST_COMPLETED)
         waiting.cancel()
     print(json.dumps({"subscribed": subscribed}), flush=True)
     outcomes, knew, counts = zip(*await everyone, strict=True)
