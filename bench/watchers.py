@@ -5,7 +5,7 @@ Usage (bench/push.py starts it): python bench/watchers.py, then one JSON order a
     {"mode": "listen" or "poll", "port": 8000, "tasks": [ids], "first": 0, "count": 2500, "wait": null,
      "handshakes": 100}
 Watcher n (first <= n < first + count) watches tasks[n % len(tasks)]. The process answers each order with two JSON
-lines on stdout: {"subscribed": how many are in place}, once all are (or after `wait` seconds, if given); then
+lines on stdout: {"subscribed": how many are in place}, once each is or has ended (or after `wait` seconds); then
 {"outcomes": [...], "knew": [...], "counts": [...]}, once all have ended: for each watcher how it ended ("final
 state", "closed 1013", an error's name), when it had the final state (time.time(), or null), and the messages it
 received after the first (listen) or the requests it made (poll). At most `handshakes` sockets open at once (null:
@@ -72,25 +72,36 @@ async def poll(port, task_id, subscribed, opening):
 
 async def one_round(order):
     watch, count, tasks = {"listen": listen, "poll": poll}[order["mode"]], order["count"], order["tasks"]
-    subscribed = 0
-    everyone_in = asyncio.Event()
+    in_place = settled = 0  # the watchers in place; and those plus the ones that ended before they were
+    everyone_settled = asyncio.Event()
 
-    def one_more():
-        nonlocal subscribed
-        subscribed += 1
-        if subscribed == count:
-            everyone_in.set()
+    def settle():
+        nonlocal settled
+        settled += 1
+        if settled == count:
+            everyone_settled.set()
+
+    async def watcher(task_id):
+        placed = False
+
+        def subscribed():
+            nonlocal placed, in_place
+            placed, in_place = True, in_place + 1
+            settle()
+
+        outcome = await watch(order["port"], task_id, subscribed, opening)
+        if not placed:
+            settle()
+        return outcome
 
     opening = asyncio.Semaphore(order["handshakes"] or count)
     n = range(order["first"], order["first"] + count)
-    everyone = asyncio.gather(*(watch(order["port"], tasks[i % len(tasks)], one_more, opening) for i in n))
+    everyone = asyncio.gather(*(watcher(tasks[i % len(tasks)]) for i in n))
     if order["wait"]:
         await asyncio.sleep(order["wait"])
-    else:  # every watcher in place, or some gone already (refused...)
-        waiting = asyncio.ensure_future(everyone_in.wait())
-        await asyncio.wait({waiting, everyone}, return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
-    print(json.dumps({"subscribed": subscribed}), flush=True)
+    else:
+        await everyone_settled.wait()
+    print(json.dumps({"subscribed": in_place}), flush=True)
     outcomes, knew, counts = zip(*await everyone, strict=True)
     print(json.dumps({"outcomes": outcomes, "knew": knew, "counts": counts}), flush=True)
 
