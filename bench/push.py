@@ -7,7 +7,7 @@ nothing else (bench/push_bare.py: a bare `websockets` server with websockets.bro
 endpoint): the delays, and each server's processor time per message delivered; and, under `ulimit -n 1024`, how
 many of 1,500 watchers chapter 6 serves, how it refuses the rest, and whether its API still answers meanwhile.
 
-Usage: ./run_all.sh bench push (Linux: it reads /proc, and uses prlimit); --short: fewer watchers, fewer rounds.
+Run: ./run_all.sh bench push (Linux: it reads /proc, and uses prlimit); --short: fewer watchers, fewer rounds.
 Chapter 6's app as its Procfile's web line starts it (its flags, without --reload); up to 20 tasks, sent 50 ms apart
 once every watcher is in place, each taking 1 s (the stand-in's delay; a worker of 20 threads runs them together);
 each watcher watches one of them, from clients spread over 4 processes (bench/watchers.py), the same processes for
