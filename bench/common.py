@@ -79,12 +79,12 @@ class Url(str):
 
 
 @contextmanager
-def web(chapter, env, app="main:app", open_files=None):
+def web(chapter, env, app="main:app", open_files=None, flags=()):
     """uvicorn serving the chapter's app, or a variant of it from bench/ (enqueue_app:app...), with no access log
-    (it would be measured too), under `ulimit -n open_files` if given; its base URL (.pid: its process) once it
-    answers."""
+    (it would be measured too) and with `flags` (web_flags()...), under `ulimit -n open_files` if given; its base
+    URL (.pid: its process) once it answers."""
     port, folder = free_port(), ROOT / chapter
-    command = ["uvicorn", app, "--app-dir", str(ROOT / "bench" if app != "main:app" else folder)]
+    command = ["uvicorn", app, "--app-dir", str(ROOT / "bench" if app != "main:app" else folder), *flags]
     if open_files:
         command = ["prlimit", f"--nofile={open_files}", "--", *command]
     with terminals(chapter, env | {"PYTHONPATH": str(folder)}) as started:
@@ -93,6 +93,13 @@ def web(chapter, env, app="main:app", open_files=None):
         url.pid = process.pid
         wait_until(lambda: process.exited() or http_answers(f"{url}/"), 30, f"{chapter}'s web app")
         yield url
+
+
+def web_flags(chapter):
+    """The options of the chapter's Procfile web line (uvicorn's), but where it listens and --reload: the reader's
+    server, without the reloader's watching (which would be measured too)."""
+    line = next(line for line in processes.procfile(ROOT / chapter) if line.name == "web")
+    return [word for word in processes.without(line.argv[2:], "--host", "--port") if word != "--reload"]
 
 
 @contextmanager
@@ -115,6 +122,32 @@ def worker(chapter, env, *args):
         control = Celery(broker=env["CELERY_BROKER_URL"]).control
         wait_until(lambda: process.exited() or control.ping(timeout=0.5), 30, "worker")
         yield
+
+
+def process_tree(pid):
+    """pid and the pids of every process it started, and they started, still running, from /proc (Linux)."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
+        except OSError:  # gone meanwhile
+            continue
+    tree = [pid]
+    for parent in tree:
+        tree += children.get(parent, [])
+    return tree
+
+
+def cpu_seconds(pids):
+    """The processor time the processes pids have used, user and system, from /proc (Linux); one gone counts 0."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(url, connections, seconds, body=None):

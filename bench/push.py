@@ -1,76 +1,133 @@
-"""c. push against poll: how long after a task ends its watchers know it, and what it costs them, WebSocket (ch06)
-against chapter 5's polling once a second, at 1, 100, 1,000 and 10,000 watchers (10,000: push only); the web
-process's Redis connections and memory per watcher while they watch; and, under `ulimit -n 1024`, how many of
-1,500 watchers it serves, how it refuses the rest, and whether its API still answers meanwhile.
+"""c. push against poll: how long after a task ends its watchers know it, and what it costs the server to tell them.
 
-Run: ./run_all.sh bench push (on Linux: it reads /proc, and uses prlimit). Chapter 6's app; up to 20 tasks, sent
-50 ms apart once every watcher is in place, each taking 1 s (the stand-in's delay; a worker of 20 threads runs them
-together); each watcher watches one of them, from this process's asyncio clients.
+WebSocket (ch06) against chapter 5's polling once a second, at 1, 100 and 1,000 watchers, with the web process's
+Redis connections and memory per watcher while they watch; then, at 10,000 watchers, chapter 6 in one web process
+and under `uvicorn --workers 2` against two references that push the same states to the same clients and do
+nothing else (bench/push_bare.py: a bare `websockets` server with websockets.broadcast(), and a bare Starlette
+endpoint): the delays, and each server's processor time per message delivered; and, under `ulimit -n 1024`, how
+many of 1,500 watchers chapter 6 serves, how it refuses the rest, and whether its API still answers meanwhile.
+
+Run: ./run_all.sh bench push (Linux: it reads /proc, and uses prlimit); --short: fewer watchers, fewer rounds.
+Chapter 6's app as its Procfile's web line starts it (its flags, without --reload); up to 20 tasks, sent 50 ms apart
+once every watcher is in place, each taking 1 s (the stand-in's delay; a worker of 20 threads runs them together);
+each watcher watches one of them, from clients spread over 4 processes (bench/watchers.py), the same processes for
+every server. A watcher closes its socket once it has the final state, as chapter 6's page does.
 The end of a task is the `date_done` the worker stores with its result; the same clock tells when a watcher knew.
+A server's processor time (user and system, of its process and the ones it started, from /proc) is counted from
+the moment every watcher is in place until every socket is closed: sending, and everything else the burst costs it.
 """
 
-import asyncio
 import json
 import os
-import random
+import queue
 import resource
+import shlex
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
+from collections import Counter
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-import websockets
-
-from common import ROOT, SHORT, chapter_env, free_port, machine, percentile, redis_server, stand_in, table, web, worker
+from common import (
+    ROOT,
+    SHORT,
+    Url,
+    chapter_env,
+    cpu_seconds,
+    free_port,
+    http_answers,
+    machine,
+    percentile,
+    process_tree,
+    redis_server,
+    stand_in,
+    table,
+    terminals,
+    wait_until,
+    web,
+    web_flags,
+    worker,
+)
 
 CHAPTER = ROOT / "ch06_websocket"
-WATCHERS = (1, 100) if SHORT else (1, 100, 1000, 10_000)
-POLLED_UP_TO = 1000  # 10,000 pollers would ask for 10,000 requests a second, more than one process answers
+WATCHERS = (1, 100) if SHORT else (1, 100, 1000)  # push and poll
+COMPARED = 1000 if SHORT else 10_000  # the servers compared, push only: 10,000 pollers would ask 10,000 times a second
+COMPARED_ROUNDS = 1 if SHORT else 2  # of each server compared, taking turns
 LIMITED = (1024, 300 if SHORT else 1500)  # ulimit -n, and the watchers asked for under it
 TASKS = 20
+CLIENT_PROCESSES = 4
+HANDSHAKES = 100  # sockets each client process opens at once: more would overflow the server's listen backlog
+NO_DEFLATE = ["--ws-per-message-deflate", "false"]  # the references': see push_bare.py
 
 
-async def http(reader, writer, method, path, body=b""):
-    """One request on a kept-alive connection: the answer's JSON."""
-    writer.write(
-        f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = int(
-        next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
-    )
-    return json.loads(await reader.readexactly(length))
+class Clients:
+    """CLIENT_PROCESSES processes of bench/watchers.py, the watchers spread over them evenly."""
+
+    def __init__(self, started):
+        self.replies = queue.Queue()
+        self.processes = [
+            started(
+                sys.executable,
+                str(ROOT / "bench" / "watchers.py"),
+                stdin=subprocess.PIPE,
+                on_line=lambda line, n=n: self.replies.put((n, line)),
+            )
+            for n in range(CLIENT_PROCESSES)
+        ]
+        self.pids = [process.pid for process in self.processes]
+
+    def watch(self, mode, port, task_ids, watchers, wait=None, handshakes=HANDSHAKES):
+        """The watchers started, `mode` "listen" or "poll", on `port`: how many are in place once all are (or after
+        `wait` seconds)."""
+        self.busy, first = [], 0
+        for n, process in enumerate(self.processes):
+            count = watchers // CLIENT_PROCESSES + (n < watchers % CLIENT_PROCESSES)
+            if count:
+                order = {"mode": mode, "port": port, "tasks": task_ids, "first": first, "count": count}
+                process.proc.stdin.write(json.dumps(order | {"wait": wait, "handshakes": handshakes}) + "\n")
+                process.proc.stdin.flush()
+                self.busy.append(n)
+                first += count
+        return sum(reply["subscribed"] for reply in self.collect())
+
+    def ended(self):
+        """How each watcher ended, when it knew (or None), and its messages or requests, in the watchers' order."""
+        replies = self.collect()
+        return [sum((reply[key] for reply in replies), []) for key in ("outcomes", "knew", "counts")]
+
+    def collect(self):
+        """The next JSON line of each busy process, in the processes' order."""
+        replies, deadline = {}, time.monotonic() + 300
+        while len(replies) < len(self.busy):
+            try:
+                n, line = self.replies.get(timeout=1)
+            except queue.Empty:
+                if ended := [process for process in self.processes if not process.running()]:
+                    sys.exit(f"bench: a process of watchers ended:\n{ended[0].output}")
+                if time.monotonic() > deadline:
+                    sys.exit("bench: the watchers' clients did not answer in 300 s")
+                continue
+            if line.startswith("{"):
+                replies[n] = json.loads(line)
+        return [replies[n] for n in self.busy]
 
 
-async def poll(port, task_id, ready):
-    """Chapter 5's page: GET /tasks/{id}, then a second's pause, until the task is done. When it knew; how many GETs."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=2**20)
-    ready.release()
-    await asyncio.sleep(random.random())  # pages are opened at any moment, not all at once
-    requests = 0
-    while True:
-        status = await http(reader, writer, "GET", f"/tasks/{task_id}")
-        requests += 1
-        if status["state"] in ("SUCCESS", "FAILURE"):
-            writer.close()
-            return time.time(), requests
-        await asyncio.sleep(1)
-
-
-async def listen(port, task_id, ready):
-    """Chapter 6's page: a WebSocket, until the server closes it. When it knew; no request at all."""
-    async with websockets.connect(
-        f"ws://127.0.0.1:{port}/ws/task_status/{task_id}", max_queue=None, open_timeout=60
-    ) as socket:
-        async for message in socket:
-            state = json.loads(message)["state"]
-            if state == "PENDING":  # the first message: subscribed
-                ready.release()
-            if state in ("SUCCESS", "FAILURE"):
-                return time.time(), 0
+@contextmanager
+def bare_websockets(env, processes):
+    """bench/push_bare.py's websockets server, in `processes` processes: its URL (.pid: its process) once it
+    answers."""
+    port = free_port()
+    with terminals(CHAPTER.name, env) as started:
+        process = started(sys.executable, str(ROOT / "bench" / "push_bare.py"), str(port), str(processes), keep=False)
+        url = Url(f"http://127.0.0.1:{port}")
+        url.pid = process.pid
+        # it answers a plain GET with 426 Upgrade Required: up
+        wait_until(lambda: process.exited() or http_answers(f"{url}/"), 30, "push_bare.py")
+        yield url
 
 
 def redis_connections(pid, redis_port):
@@ -91,80 +148,32 @@ def redis_connections(pid, redis_port):
     return count
 
 
-def cpu_seconds(pid):
-    """The processor time process pid has used, user and system, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def rss(pid):
     """The resident memory of process pid, in bytes."""
     line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS"))
     return int(line.split()[1]) * 1024
 
 
-async def run(port, celery, watch, watchers, measure=None):
-    """p50 and p99 of the delays, the requests each watcher made, and what measure() gave while every watcher was in
-    place. A single watcher watches ten tasks one after the other, so that its figures are not one draw."""
-    rounds = [
-        await one_round(port, celery, watch, watchers, measure)
-        for _ in range(1 if watchers > 1 else 3 if SHORT else 10)
-    ]
-    delays, requests = sum((r[0] for r in rounds), []), sum((r[1] for r in rounds), [])
-    return percentile(delays, 50), percentile(delays, 99), sum(requests) / len(requests), rounds[0][2]
+class Round:
+    """One round: every watcher in place first, then the tasks, sent 50 ms apart so that they end apart as real ones
+    do. .delays (ms), .lost, .counts (each watcher's messages or requests), .server_cpu and .clients_cpu (s, from every
+    watcher in place to every socket closed), .measured: what measure() gave while every watcher was in place."""
 
-
-async def one_round(port, celery, watch, watchers, measure):
-    """Every watcher in place first; then the tasks, sent 50 ms apart so that they end apart as real ones do."""
-    task_ids = [str(uuid.uuid4()) for _ in range(min(TASKS, watchers))]
-    ready = asyncio.Semaphore(0)
-    watching = asyncio.gather(*(watch(port, task_ids[n % len(task_ids)], ready) for n in range(watchers)))
-    for _ in range(watchers):
-        await asyncio.wait_for(ready.acquire(), 120)
-    measured = measure() if measure else None
-    for n, task_id in enumerate(task_ids):
-        celery.send_task("tasks.subscribe", [f"w{n}@example.com"], task_id=task_id)
-        await asyncio.sleep(0.05)
-    knew = await asyncio.wait_for(watching, 300)
-    ended = {task_id: ended_at(celery.backend.get_task_meta(task_id)) for task_id in task_ids}
-    delays = [(when - ended[task_ids[n % len(task_ids)]]) * 1000 for n, (when, _) in enumerate(knew)]
-    return delays, [r for _, r in knew], measured
-
-
-async def limited(url, celery, watchers):
-    """Under a low open-file limit: watchers ask at once, on 20 tasks; how many got PENDING and then their final
-    state, how many were refused and how, and how long GET / took while they were all asked for."""
-    port = int(url.rsplit(":", 1)[1])
-    task_ids = [str(uuid.uuid4()) for _ in range(TASKS)]
-    subscribed = asyncio.Semaphore(0)
-
-    async def one(task_id):
-        try:
-            async with websockets.connect(
-                f"ws://127.0.0.1:{port}/ws/task_status/{task_id}", max_queue=None, open_timeout=60
-            ) as socket:
-                async for message in socket:
-                    state = json.loads(message)["state"]
-                    if state == "PENDING":
-                        subscribed.release()
-                    if state in ("SUCCESS", "FAILURE"):
-                        return "final state"
-                return f"closed {socket.close_code}"
-        except websockets.ConnectionClosed as closed:
-            return f"closed {closed.rcvd.code if closed.rcvd else 'without a close frame'}"
-        except (OSError, websockets.InvalidHandshake, TimeoutError) as exc:
-            return type(exc).__name__
-
-    everyone = asyncio.gather(*(one(task_ids[n % TASKS]) for n in range(watchers)))
-    await asyncio.sleep(2)  # every socket asked for, the ones past the limit refused
-    start = time.perf_counter()
-    status = await asyncio.to_thread(lambda: urllib.request.urlopen(f"{url}/", timeout=30).status)
-    api_ms = (time.perf_counter() - start) * 1000
-    held = subscribed._value
-    for n, task_id in enumerate(task_ids):
-        celery.send_task("tasks.subscribe", [f"l{n}@example.com"], task_id=task_id)
-    outcomes = await asyncio.wait_for(everyone, 300)
-    return held, {outcome: outcomes.count(outcome) for outcome in sorted(set(outcomes))}, status, api_ms
+    def __init__(self, url, clients, celery, mode, watchers, measure=None):
+        task_ids = [str(uuid.uuid4()) for _ in range(min(TASKS, watchers))]
+        clients.watch(mode, int(url.rsplit(":", 1)[1]), task_ids, watchers)
+        self.measured = measure() if measure else None
+        server = process_tree(url.pid)  # uvicorn --workers: the supervisor and its workers
+        before = cpu_seconds(server), cpu_seconds(clients.pids)
+        for n, task_id in enumerate(task_ids):
+            celery.send_task("tasks.subscribe", [f"w{n}@example.com"], task_id=task_id)
+            time.sleep(0.05)
+        outcomes, knew, self.counts = clients.ended()
+        self.server_cpu, self.clients_cpu = cpu_seconds(server) - before[0], cpu_seconds(clients.pids) - before[1]
+        # any watcher without its final state (none, but for a fault), by how it ended
+        self.lost = Counter(outcome for outcome in outcomes if outcome != "final state")
+        ended = {task_id: ended_at(celery.backend.get_task_meta(task_id)) for task_id in task_ids}
+        self.delays = [(when - ended[task_ids[n % len(task_ids)]]) * 1000 for n, when in enumerate(knew) if when]
 
 
 def ended_at(meta):
@@ -172,35 +181,93 @@ def ended_at(meta):
     return (done if done.tzinfo else done.replace(tzinfo=UTC)).timestamp()  # stored in UTC
 
 
+class Rounds:
+    """What rounds of the same server and watchers sum up to: .p50 and .p99 of all their delays (ms), .each: the
+    mean messages or requests of a watcher, .messages: all those it received, .server_cpu and .clients_cpu per
+    message (µs), .lost: the watchers without their final state, by how they ended; .measured: the first round's."""
+
+    def __init__(self, rounds):
+        delays, counts = sum((r.delays for r in rounds), []), sum((r.counts for r in rounds), [])
+        self.p50, self.p99, self.messages = percentile(delays, 50), percentile(delays, 99), sum(counts)
+        self.each = self.messages / len(counts)
+        self.server_cpu = sum(r.server_cpu for r in rounds) / self.messages * 1e6
+        self.clients_cpu = sum(r.clients_cpu for r in rounds) / self.messages * 1e6
+        self.measured = rounds[0].measured
+        self.lost = sum((r.lost for r in rounds), Counter())
+
+
+def watched(url, clients, celery, mode, watchers, measure=None):
+    """Rounds of `watchers` watching: one, or ten of a single watcher watching a task after the other, so that its
+    figures are not one draw."""
+    return Rounds(
+        [Round(url, clients, celery, mode, watchers, measure) for _ in range(1 if watchers > 1 else 3 if SHORT else 10)]
+    )
+
+
+def limited(url, clients, celery, watchers):
+    """Under a low open-file limit: watchers ask at once, on 20 tasks; how many got PENDING 2 s later, how each
+    ended, refused or not, and how long GET / took while they were all asked for."""
+    task_ids = [str(uuid.uuid4()) for _ in range(TASKS)]
+    held = clients.watch("listen", int(url.rsplit(":", 1)[1]), task_ids, watchers, wait=2, handshakes=None)
+    start = time.perf_counter()
+    status = urllib.request.urlopen(f"{url}/", timeout=30).status
+    api_ms = (time.perf_counter() - start) * 1000
+    for n, task_id in enumerate(task_ids):
+        celery.send_task("tasks.subscribe", [f"l{n}@example.com"], task_id=task_id)
+    outcomes = clients.ended()[0]
+    return held, {outcome: outcomes.count(outcome) for outcome in sorted(set(outcomes))}, status, api_ms
+
+
 def main():
     print(f"Machine: {machine()}")
-    # 10,000 sockets take 10,000 open files here and in the web process: up to the hard limit
+    # 10,000 sockets take 10,000 open files in the web process, 2,500 in each client process: up to the hard limit
     resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+    flags = web_flags(CHAPTER)
     with redis_server() as redis_url:
         redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
         env = chapter_env(redis_url, THIRD_PARTY_URL=f"http://127.0.0.1:{free_port()}", THIRD_PARTY_DELAY="1")
         from celery import Celery
 
         celery = Celery(broker=redis_url, backend=redis_url)
-        with stand_in(CHAPTER, env), worker(CHAPTER, env, "--pool=threads", f"--concurrency={TASKS}"):
-            with web(CHAPTER, env) as url:
-                port = int(url.rsplit(":", 1)[1])
+        with (
+            stand_in(CHAPTER, env),
+            worker(CHAPTER, env, "--pool=threads", f"--concurrency={TASKS}"),
+            terminals(CHAPTER, env) as started,
+            ExitStack() as servers,
+        ):
+            clients = Clients(started)
+            url = servers.enter_context(web(CHAPTER, env, flags=flags))
 
-                def measure(watchers):
-                    before = rss(url.pid)
-                    return lambda: (redis_connections(url.pid, redis_port), (rss(url.pid) - before) / watchers)
+            def measure(watchers):
+                before = rss(url.pid)
+                return lambda: (redis_connections(url.pid, redis_port), (rss(url.pid) - before) / watchers)
 
-                # every push first: the connections counted are the pushes' alone, not GET /tasks's too
-                pushes, cpu = [], []
-                for w in WATCHERS:
-                    before = cpu_seconds(url.pid), time.process_time()
-                    pushes.append(asyncio.run(run(port, celery, listen, w, measure(w))))
-                    cpu.append((cpu_seconds(url.pid) - before[0], time.process_time() - before[1]))
-                polls = [asyncio.run(run(port, celery, poll, w)) if w <= POLLED_UP_TO else None for w in WATCHERS]
-                rows = list(zip(WATCHERS, pushes, polls, strict=True))
+            # every push first: the connections counted are the pushes' alone, not GET /tasks's too
+            pushes = [watched(url, clients, celery, "listen", w, measure(w)) for w in WATCHERS]
+            # (server, its processes) -> its URL: all of them up at once, so that their rounds can take turns
+            others = {
+                ("bare websockets.broadcast()", 1): bare_websockets(env, 1),
+                ("bare Starlette, send_text in a loop", 1): web(CHAPTER, env, "push_bare:app", flags=NO_DEFLATE),
+                ("ch06", 2): web(CHAPTER, env, flags=[*flags, "--workers", "2"]),
+                ("bare websockets.broadcast()", 2): bare_websockets(env, 2),
+                ("bare Starlette, send_text in a loop", 2): web(
+                    CHAPTER, env, "push_bare:app", flags=[*NO_DEFLATE, "--workers", "2"]
+                ),
+            }
+            urls = {("ch06", 1): url} | {key: servers.enter_context(server) for key, server in others.items()}
+            # the servers take turns, round after round, so that a machine busier for a while slows them alike
+            rounds = {key: [] for key in urls}
+            for n in range(COMPARED_ROUNDS):
+                for key, server in urls.items():
+                    mine = measure(COMPARED) if key == ("ch06", 1) and not n else None
+                    rounds[key].append(Round(server, clients, celery, "listen", COMPARED, mine))
+            compared = {key: Rounds(each) for key, each in rounds.items()}
+            pushes.append(compared["ch06", 1])
+            polls = [watched(url, clients, celery, "poll", w) for w in WATCHERS]
             open_files, asked = LIMITED
-            with web(CHAPTER, env, open_files=open_files) as url:
-                held, outcomes, api_status, api_ms = asyncio.run(limited(url, celery, asked))
+            with web(CHAPTER, env, open_files=open_files, flags=flags) as limited_url:
+                held, outcomes, api_status, api_ms = limited(limited_url, clients, celery, asked)
+    print(f"\nch06's web app: {shlex.join(['uvicorn', 'main:app', *flags])} (its Procfile's flags, without --reload)")
     table(
         "From a task's end to its watchers knowing (ms), the HTTP requests each watcher made, and what the web process"
         " holds while they watch",
@@ -218,29 +285,72 @@ def main():
         [
             (
                 f"{w:,}",
-                f"{pushed[0]:.1f}",
-                f"{pushed[1]:.1f}",
-                f"{polled[0]:.0f}" if polled else "-",
-                f"{polled[1]:.0f}" if polled else "-",
-                f"{polled[2]:.1f}" if polled else "-",
+                f"{pushed.p50:.1f}",
+                f"{pushed.p99:.1f}",
+                f"{polled.p50:.0f}" if polled else "-",
+                f"{polled.p99:.0f}" if polled else "-",
+                f"{polled.each:.1f}" if polled else "-",
                 "0 (1 socket)",
-                pushed[3][0],
-                f"{pushed[3][1] / 1024:.1f} KiB" if w >= 100 else "-",
+                pushed.measured[0],
+                f"{pushed.measured[1] / 1024:.1f} KiB" if w >= 100 else "-",
             )
-            for w, pushed, polled in rows
+            for w, pushed, polled in zip((*WATCHERS, COMPARED), pushes, (*polls, None), strict=True)
         ],
     )
-    for watchers, pushed, polled in rows:
-        if polled:
-            print(
-                f"{watchers:,} watcher{'s' * (watchers > 1)}: push knows {polled[0] / pushed[0]:.0f}x sooner than"
-                f" polling (p50), {polled[1] / pushed[1]:.0f}x (p99)."
-            )
-    for watchers, (server, clients) in zip(WATCHERS, cpu, strict=True):
+    for w, pushed, polled in zip(WATCHERS, pushes, polls, strict=False):  # the compared row: no poll
         print(
-            f"{watchers:,} watcher{'s' * (watchers > 1)}, pushed: the web process used {server:.1f} s of processor,"
-            f" the watchers' clients {clients:.1f} s."
+            f"{w:,} watcher{'s' * (w > 1)}: push knows {polled.p50 / pushed.p50:.0f}x sooner than polling (p50),"
+            f" {polled.p99 / pushed.p99:.0f}x (p99)."
         )
+
+    def against_bare(processes, one):
+        """p99 and the server's processor time per message over the bare websockets.broadcast() server's, with as
+        many processes."""
+        bare = compared["bare websockets.broadcast()", processes]
+        return one.p99 / bare.p99, one.server_cpu / bare.server_cpu
+
+    table(
+        f"{COMPARED:,} watchers on {TASKS} tasks, each told STARTED then SUCCESS, the servers taking turns"
+        f" ({COMPARED_ROUNDS} round{'s' * (COMPARED_ROUNDS > 1)} each): the delays (ms), and the processor time per"
+        " message delivered (µs) of the server and of the clients",
+        [
+            "server",
+            "processes",
+            "p50",
+            "p99",
+            "server CPU / message",
+            "clients CPU / message",
+            "clients' share",
+            "p99 / bare broadcast's",
+            "CPU / bare broadcast's",
+        ],
+        [
+            (
+                name,
+                processes,
+                f"{one.p50:.1f}",
+                f"{one.p99:.1f}",
+                f"{one.server_cpu:.1f}",
+                f"{one.clients_cpu:.1f}",
+                f"{one.clients_cpu / (one.clients_cpu + one.server_cpu):.0%}",
+                *(f"{ratio:.1f}" for ratio in against_bare(processes, one)),
+            )
+            for (name, processes), one in sorted(compared.items(), key=lambda item: item[0][1])
+        ],
+    )
+    messages = " or ".join(sorted({f"{one.messages:,}" for one in compared.values()}))
+    print(
+        f"Messages delivered to each server's watchers: {messages}."
+        " Clients' share: the clients' part of the processor time that the server and they used in the burst."
+    )
+    for (name, processes), one in compared.items():
+        if one.lost:
+            print(f"{name} ({processes}): {one.lost.total()} watchers without their final state: {dict(one.lost)}")
+    p99_ratio, cpu_ratio = against_bare(1, compared["ch06", 1])
+    print(
+        f"ch06 in one web process: p99 {p99_ratio:.1f}x the bare websockets.broadcast()'s,"
+        f" the server's processor time per message {cpu_ratio:.1f}x."
+    )
     print(
         f"\nUnder ulimit -n {open_files}, {asked:,} watchers asked at once: {held:,} held 2 s later (PENDING received);"
         f" in the end {', '.join(f'{n:,} {outcome}' for outcome, n in outcomes.items())};"

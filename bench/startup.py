@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, SHORT, free_port, machine, processes, redis_server, table
+from common import ROOT, SHORT, cpu_seconds, free_port, machine, processes, redis_server, table
 
 CHAPTERS = sorted(path.name for path in ROOT.glob("ch[0-9][0-9]_*"))
 MEASURED = ["ch01_hello", "ch06_websocket"] if SHORT else CHAPTERS
@@ -56,14 +56,7 @@ class Run:
 
     def cpu_seconds(self):
         """The processor time that the processes it started, still running, have used so far."""
-        ticks = 0
-        for pid in processes.tagged(self.tag):
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-        return ticks / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(processes.tagged(self.tag))
 
 
 def reloaded(chapter):
