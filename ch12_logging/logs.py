@@ -107,7 +107,12 @@ def configure_logging(level=None, logfile=None):
 def celery_logging(loglevel, logfile, **kwargs):
     """A worker or beat hands over its --loglevel and --logfile, and then configures nothing itself: no handler of
     its own on the root logger or the task loggers, and print() left to go to the terminal."""
-    configure_logging(loglevel, logfile)
+    try:
+        configure_logging(loglevel, logfile)
+    except ValueError as error:
+        # Celery catches what a receiver raises, logs it where no handler is yet, and goes on: the process would run
+        # and log nothing. SystemExit is not caught: the process stops, the message on its terminal.
+        raise SystemExit(f"{error}") from error
 
 
 def with_logging(lifespan):

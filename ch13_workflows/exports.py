@@ -14,6 +14,7 @@ import uuid
 from time import sleep
 
 from celery import chord, shared_task
+from celery.backends.redis import RedisBackend
 from celery.exceptions import Ignore
 from celery.states import READY_STATES
 from fastapi import APIRouter, HTTPException, Request
@@ -47,10 +48,12 @@ def keys(export_id):
 
 
 def redis_of(request):
-    client = getattr(request.app.state.celery.backend, "client", None)
-    if client is None:  # the testing settings keep results in memory: no Redis to hold an export's progress
+    backend = request.app.state.celery.backend
+    # The testing settings keep results in memory (a cache backend, whose `client` is no Redis): nowhere to hold an
+    # export's progress
+    if not isinstance(backend, RedisBackend):
         raise HTTPException(503, "exports need the Redis result backend")
-    return client
+    return backend.client
 
 
 @exports_router.post("/exports", status_code=202, responses={**BAD_BODY_RESPONSES, **UNAVAILABLE})
@@ -86,6 +89,11 @@ def export_json(request, export_id):
         raise HTTPException(404, f"no export {export_id}")
     meta = request.app.state.celery.backend.get_task_meta(export_id)
     state, result = meta["status"], meta["result"]
+    error = f"{type(result).__name__}: {result}" if state == "FAILURE" else None
+    if state == "REVOKED":
+        # Only a cancel revokes an export; but each worker stores REVOKED again as the revoke reaches it, with
+        # Celery's reason ("revoked") over the cancel's: the answer does not depend on which was stored last
+        error = "TaskRevokedError: cancelled"
     return {
         "task_id": export_id,
         "state": state,
@@ -93,7 +101,7 @@ def export_json(request, export_id):
         "total": int(total),
         "users": int(users),
         "url": result["url"] if state == "SUCCESS" else None,
-        "error": f"{type(result).__name__}: {result}" if state in ("FAILURE", "REVOKED") else None,
+        "error": error,
     }
 
 

@@ -214,6 +214,16 @@ def test_json_lines_each_parse_with_the_request_and_task_ids_as_fields(run, migr
     ]
 
 
+@pytest.mark.parametrize("command", [WORKER, ("celery", "-A", "main.celery", "beat", "--loglevel=info")])
+def test_a_misspelt_log_format_stops_a_worker_or_beat_saying_so(run, command):
+    """Celery catches what a setup_logging receiver raises and goes on, logging nothing: logs.py stops it instead."""
+    process = run(*command, env={"LOG_FORMAT": "xml"})
+    wait_for(lambda: not process.running(), 30, f"{command[3]} to exit")
+    process.reader.join(5)
+    assert process.proc.returncode == 1
+    assert "LOG_FORMAT='xml': use one of text, json" in process.output
+
+
 def test_the_tasks_a_task_starts_carry_its_id(run, third_party, sender, web):
     worker = run(*WORKER)
     worker.wait_for_output(" ready.", timeout=30)

@@ -8,6 +8,7 @@ import csv
 import io
 
 import pytest
+from celery import Celery
 from celery.exceptions import ChordError
 from celery.states import READY_STATES
 
@@ -126,3 +127,19 @@ def test_an_unknown_export_is_a_404(client, redis_url):
     for method in ("GET", "DELETE"):
         answered = client.request(method, "/exports/nope")
         assert (answered.status_code, answered.json()) == (404, {"detail": "no export nope"})
+
+
+def test_exports_need_the_redis_result_backend(client, monkeypatch):
+    """The testing settings keep results in memory, where an export has nowhere to keep its progress: a 503, not a
+    500 (README: "Troubleshooting")."""
+    monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)  # which Celery reads before its own setting
+    state = client.app.state
+    # As config.py's TestingConfig has it; not made the current app, which the chapter's tasks would then run on
+    in_memory = Celery(backend="cache+memory://", set_as_current=False)
+    saved, state.celery = state.celery, in_memory
+    try:
+        for method, path in (("POST", "/exports"), ("GET", "/exports/nope"), ("DELETE", "/exports/nope")):
+            answered = client.request(method, path)
+            assert (answered.status_code, answered.json()) == (503, {"detail": "exports need the Redis result backend"})
+    finally:
+        state.celery = saved
