@@ -89,11 +89,6 @@ def export_json(request, export_id):
         raise HTTPException(404, f"no export {export_id}")
     meta = request.app.state.celery.backend.get_task_meta(export_id)
     state, result = meta["status"], meta["result"]
-    error = f"{type(result).__name__}: {result}" if state == "FAILURE" else None
-    if state == "REVOKED":
-        # Only a cancel revokes an export; but each worker stores REVOKED again as the revoke reaches it, with
-        # Celery's reason ("revoked") over the cancel's: the answer does not depend on which was stored last
-        error = "TaskRevokedError: cancelled"
     return {
         "task_id": export_id,
         "state": state,
@@ -101,7 +96,7 @@ def export_json(request, export_id):
         "total": int(total),
         "users": int(users),
         "url": result["url"] if state == "SUCCESS" else None,
-        "error": error,
+        "error": f"{type(result).__name__}: {result}" if state in ("FAILURE", "REVOKED") else None,
     }
 
 
