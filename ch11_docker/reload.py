@@ -40,7 +40,11 @@ def main(command):
         pass
     finally:
         stop(process)
-    return process.returncode
+    # A worker that the stop's SIGTERM reached before it could take it warmly (started a moment before) stopped as
+    # asked; any other signal is told as a shell tells it, 128 + its number, not as a negative number's last byte
+    if process.returncode == -signal.SIGTERM:
+        return 0
+    return 128 - process.returncode if process.returncode < 0 else process.returncode
 
 
 if __name__ == "__main__":
