@@ -113,7 +113,7 @@ def celery_logging(loglevel, logfile, **kwargs):
     except ValueError as error:
         # Celery catches what a receiver raises, logs it where no handler is yet, and goes on: the process would run
         # and log nothing. SystemExit is not caught: the process stops, the message on its terminal.
-        raise SystemExit(f"{error}") from error
+        raise SystemExit(str(error)) from error
 
 
 def with_logging(lifespan):
